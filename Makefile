@@ -1,0 +1,45 @@
+# linflow — `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Stages call `linflow` and `dvc` from the project's virtual environment.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast lint format ui clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+# The venv is (re)built only when the dependency pins change: a second
+# `make run` reinstalls nothing.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install linflow with pinned dependencies
+
+run: setup ## set up .venv, then run the default pipeline (dvc repro)
+	dvc repro
+
+test: setup ## run the full test suite (unit + end-to-end pipeline)
+	$(PY) -m pytest
+
+test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
+	$(PY) -m pytest -m "not slow"
+
+lint: setup ## ruff format --check + ruff check
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
+
+format: setup ## apply ruff formatting and autofixes
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
+		--default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port 5000
+
+clean: ## remove pipeline outputs (not .venv, not mlflow.db)
+	rm -rf data/raw data/prepared models

@@ -1,0 +1,5 @@
+import sys
+
+from linflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,370 @@
+"""``linflow <stage> ...``: one subcommand per DVC stage; the wiring layer.
+
+Each stage is thin: parse -> load and validate params and inputs -> call pure
+code -> write outputs atomically -> log. Heavy libraries (torch, sklearn,
+mlflow, matplotlib) are imported inside the stage that needs them, so
+``linflow --help`` stays fast. Paths come from dvc.yaml's ``cmd``; nothing here
+hard-codes where files live.
+
+User-caused errors (bad params, bad input files, divergence, an unreachable
+tracking server) print one line ``linflow <stage>: error: ...`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("linflow")
+
+SPLITS = ("train", "val", "test")
+
+
+# --- shared helpers -------------------------------------------------------------
+
+
+def _params(args):
+    from linflow.config import load_params
+
+    return load_params(args.params)
+
+
+def _read_raw(path: Path) -> dict[str, np.ndarray]:
+    from linflow.datasets import validate_arrays
+    from linflow.storage import load_npz
+
+    arrays = load_npz(path, required=("task", "X", "y", "x_scale", "class_names"))
+    validate_arrays(arrays, str(path))
+    return arrays
+
+
+def _load_split(data_dir: Path, which: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Model-ready features (float32, scaled) and targets of one split."""
+    from linflow.datasets import validate_arrays
+    from linflow.split import apply_scaler
+    from linflow.storage import load_npz, read_json
+
+    scaler = read_json(data_dir / "scaler.json")
+    path = data_dir / f"{which}.npz"
+    arrays = load_npz(path, required=("task", "X", "y", "class_names"))
+    validate_arrays(arrays, str(path))
+    return apply_scaler(arrays["X"], scaler), arrays["y"], arrays
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from linflow.config import ConfigError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "params.yaml: train.device must be 'cpu' on this machine (no CUDA GPU available), "
+            "got 'cuda'"
+        )
+
+
+# --- stages ---------------------------------------------------------------------
+
+
+def cmd_prepare(args) -> None:
+    from linflow.datasets import load_source, validate_arrays
+    from linflow.storage import save_npz
+
+    params = _params(args)
+    cfg = params.dataset(args.dataset)
+    raw = load_source(args.dataset, cfg, params.seed)
+    arrays = raw.to_arrays()
+    validate_arrays(arrays, f"dataset {args.dataset}")
+    save_npz(args.out, **arrays)
+    log.info("prepare %s: %d rows x %d features -> %s", args.dataset, *raw.X.shape, args.out)
+
+
+def cmd_split(args) -> None:
+    from linflow.datasets import make_rng
+    from linflow.split import fit_scaler, split_indices
+    from linflow.storage import save_npz, write_json
+
+    params = _params(args)
+    cfg = params.dataset(args.dataset)
+    raw = _read_raw(Path(args.raw))
+    if str(raw["task"]) != cfg.task:
+        from linflow.storage import DataError
+
+        raise DataError(f"{args.raw}: holds {raw['task']} data but datasets.{args.dataset}.task is {cfg.task}")
+    s = params.split
+    y = raw["y"] if cfg.task == "classification" else None
+    idx = split_indices(
+        raw["y"].shape[0], (s.train, s.val, s.test), make_rng(params.seed, f"split/{args.dataset}"),
+        y=y, is_test=raw.get("is_test"),
+    )
+    out = Path(args.out)
+    scaler = fit_scaler(raw["X"][idx[0]], float(raw["x_scale"]), cfg.standardize)
+    keep = {k: v for k, v in raw.items() if k not in ("X", "y", "is_test")}
+    for name, rows in zip(SPLITS, idx, strict=True):
+        save_npz(out / f"{name}.npz", X=raw["X"][rows], y=raw["y"][rows], index=rows, **keep)
+    write_json(out / "scaler.json", scaler)
+    log.info("split %s: train/val/test = %d/%d/%d", args.dataset, *(i.size for i in idx))
+
+
+def cmd_train(args) -> None:
+    from linflow.config import ConfigError
+
+    params = _params(args)
+    ds = params.dataset(args.dataset)
+    cfg = params.train.for_task(ds.task)
+    data = Path(args.data)
+    X, y, meta = _load_split(data, "train")
+    X_val, y_val, _ = _load_split(data, "val")
+    if str(meta["task"]) != ds.task:
+        raise ConfigError(f"{data}: holds {meta['task']} data but datasets.{args.dataset}.task is {ds.task}")
+    if cfg.batch_size > X.shape[0]:
+        raise ConfigError(
+            f"params.yaml: train.{ds.task}.batch_size must be <= the train split size "
+            f"({X.shape[0]} rows of {args.dataset}), got {cfg.batch_size}"
+        )
+    _check_device(params.train.device)
+
+    import torch
+
+    from linflow import plots, tracking
+    from linflow.storage import file_md5, save_weights, write_csv, write_json
+    from linflow.training import fit, lr_stability_bound, make_engine
+
+    torch.set_num_threads(params.train.threads)
+    class_names = [str(c) for c in meta["class_names"]]
+    n_classes = len(class_names)
+    n, d = X.shape
+    lr_bound = None
+    derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
+    if ds.task == "regression" and cfg.loss == "mse":
+        lam, lr_bound = lr_stability_bound(X, cfg.weight_decay)
+        derived.update(lambda_max=lam, lr_bound=lr_bound)
+        log.info("train %s: lambda_max = %.4g, stable lr bound 2/lambda_max = %.4g", args.dataset, lam, lr_bound)
+        if cfg.lr > lr_bound:
+            log.warning(
+                "train %s: lr=%g exceeds the full-batch stable step bound 2/lambda_max = %.4g; "
+                "training may diverge", args.dataset, cfg.lr, lr_bound,
+            )
+    k = n_classes if ds.task == "classification" else 1
+    derived["n_params"] = k * d + k
+
+    Xt, Xv = torch.from_numpy(X), torch.from_numpy(X_val)
+    if ds.task == "classification":
+        yt, yv = torch.from_numpy(y.astype(np.int64)), torch.from_numpy(y_val.astype(np.int64))
+    else:
+        yt, yv = torch.from_numpy(y.astype(np.float32)), torch.from_numpy(y_val.astype(np.float32))
+    engine = make_engine(cfg.impl, ds.task, d, n_classes, cfg)
+
+    model_dir, reports = Path(args.model), Path(args.reports)
+    weights_path = model_dir / "model.safetensors"
+    run_params = {
+        "dataset": args.dataset, "task": ds.task, "seed": params.seed,
+        "data": ds.model_dump(), "split": params.split.model_dump(),
+        "train": {"threads": params.train.threads, "device": params.train.device, **cfg.model_dump()},
+        "derived": derived,
+    }
+    import os
+
+    exp = os.environ.get("DVC_EXP_NAME")
+    run_name = f"{args.dataset}-{cfg.impl}" + (f"-{exp}" if exp else "")
+    tags = {
+        "linflow.dataset": args.dataset,
+        "linflow.data_md5": file_md5(data / "train.npz"),
+        "linflow.threads": str(params.train.threads),
+        "linflow.device": params.train.device,
+        "linflow.version": _version("linflow"),
+        "torch.version": torch.__version__,
+        "sklearn.version": _version("scikit-learn"),
+        "mlflow.version": _version("mlflow"),
+    }
+    with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
+        t0 = time.perf_counter()
+        result = fit(engine, Xt, yt, Xv, yv, cfg, on_epoch=run.log_epoch, lr_bound=lr_bound)
+        seconds = time.perf_counter() - t0
+        metric = next(k for k in result.history[0] if k.startswith("val_") and k != "val_loss")
+        last = result.history[-1]
+        log.info(
+            "train %s: %d epochs in %.2f s (%.4f s/epoch median), best epoch %d, "
+            "train_loss %.5g, val_loss %.5g, %s %.5g",
+            args.dataset, result.epochs_run, seconds, float(np.median(result.seconds_per_epoch)),
+            result.best_epoch, last["train_loss"], last["val_loss"], metric, last[metric],
+        )
+        card = {
+            "dataset": args.dataset, "task": ds.task, "impl": cfg.impl, "loss": cfg.loss,
+            "n_features": d, "n_outputs": k, "n_params": k * d + k,
+            "feature_names": [str(f) for f in meta["feature_names"]], "class_names": class_names,
+            "weights": {"file": weights_path.name, "format": "safetensors", "layout": "weight (n_outputs, n_features), bias (n_outputs,)"},
+            "train": cfg.model_dump(), "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        }
+        save_weights(weights_path, {"weight": result.weight, "bias": result.bias},
+                     {"task": ds.task, "n_features": str(d), "n_outputs": str(k)})
+        write_json(model_dir / "model.json", card)
+        header = list(result.history[0])
+        write_csv(reports / "history.csv", header, [[r[h] for h in header] for r in result.history])
+        plots.loss_curve(result.history, reports / "loss_curve.png", f"{args.dataset}: {cfg.impl} {cfg.loss}")
+        run.log_metrics({"train_seconds": seconds, "seconds_per_epoch": float(np.median(result.seconds_per_epoch)),
+                         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+        run.log_artifacts([reports / "history.csv", reports / "loss_curve.png"])
+        run.log_artifacts([weights_path, model_dir / "model.json"], "model")
+        run.set_tags({tracking.WEIGHTS_TAG: file_md5(weights_path)})
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_evaluate(args) -> None:
+    from linflow import metrics, plots, tracking
+    from linflow.storage import DataError, file_md5, load_weights, read_json, write_csv, write_json
+
+    model_dir, reports = Path(args.model), Path(args.reports)
+    card = read_json(model_dir / "model.json")
+    tensors, _ = load_weights(model_dir / card["weights"]["file"])
+    W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
+    X, y, _ = _load_split(Path(args.data), "test")
+    if X.shape[1] != W.shape[1]:
+        raise DataError(f"{args.data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}")
+    out = metrics.predict_linear(X, W, b)  # (n, k)
+    title = f"{args.dataset} test"
+    if card["task"] == "regression":
+        y_hat = out[:, 0]
+        test = metrics.regression_metrics(y, y_hat)
+        write_csv(reports / "predictions.csv", ["actual", "predicted"], list(zip(y.tolist(), y_hat.tolist(), strict=True)))
+        plots.prediction_scatter(y, y_hat, reports / "predictions.png", title)
+        scalars = test
+    else:
+        res = metrics.classification_metrics(y, out)
+        names = card["class_names"]
+        y_pred = out.argmax(axis=1)
+        write_csv(reports / "predictions.csv", ["actual", "predicted"],
+                  [[names[a], names[p]] for a, p in zip(y.tolist(), y_pred.tolist(), strict=True)])
+        plots.confusion_png(np.array(res["confusion_matrix"]), names, reports / "predictions.png", title)
+        scalars = {"accuracy": res["accuracy"], "cross_entropy": res["cross_entropy"]}
+        test = {**scalars, "per_class_accuracy": dict(zip(names, res["per_class_accuracy"], strict=True))}
+    doc = {"dataset": args.dataset, "task": card["task"], "n_test": int(y.shape[0]),
+           "n_params": card["n_params"], "test": test}
+    write_json(reports / "metrics.json", doc)
+    log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+    tracking.log_to_training_run(
+        args.dataset, file_md5(model_dir / card["weights"]["file"]),
+        metrics={f"test_{k}": v for k, v in scalars.items()},
+        artifacts=[reports / "metrics.json", reports / "predictions.png"],
+    )
+
+
+def cmd_report(args) -> None:
+    from linflow.storage import read_json, write_text
+
+    reports = Path(args.reports)
+    lines = [
+        "# linflow summary",
+        "",
+        "Test-split metrics per dataset (written by `linflow report`; do not edit).",
+        "",
+        "| dataset | task | model | params | n_test | metric | value |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+    ]
+    for name in args.datasets:
+        m = read_json(reports / name / "metrics.json")
+        model = "LinearRegression" if m["task"] == "regression" else "SoftmaxRegression"
+        keys = ("rmse", "r2", "mae") if m["task"] == "regression" else ("accuracy", "cross_entropy")
+        for i, key in enumerate(keys):
+            head = f"| {name} | {m['task']} | {model} | {m['n_params']} | {m['n_test']} |" if i == 0 else "| | | | | |"
+            lines.append(f"{head} {key} | {m['test'][key]:.4f} |")
+    write_text(args.out, "\n".join(lines) + "\n")
+    log.info("report: %d datasets -> %s", len(args.datasets), args.out)
+
+
+# --- entry point ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linflow", description=__doc__.split("\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    s = sub.add_parser("prepare", help="build data/raw/<ds>.npz from its source")
+    s.add_argument("dataset")
+    s.add_argument("--out", required=True, help="raw npz to write")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("split", help="train/val/test split + scaler")
+    s.add_argument("dataset")
+    s.add_argument("--raw", required=True, help="raw npz to read")
+    s.add_argument("--out", required=True, help="folder for {train,val,test}.npz and scaler.json")
+    s.set_defaults(func=cmd_split)
+
+    for name, func, text in (
+        ("train", cmd_train, "train the model by minibatch SGD (MLflow run)"),
+        ("evaluate", cmd_evaluate, "test-split metrics of the trained model"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("dataset")
+        s.add_argument("--data", required=True, help="prepared split folder")
+        s.add_argument("--model", required=True, help="model folder")
+        s.add_argument("--reports", required=True, help="reports folder of the dataset")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("report", help="reports/summary.md over all datasets")
+    s.add_argument("datasets", nargs="+")
+    s.add_argument("--reports", required=True, help="reports root folder")
+    s.add_argument("--out", required=True, help="summary markdown to write")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def _on_sigterm(signum, frame):
+    from linflow.tracking import Interrupted
+
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="linflow %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "mlflow", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from linflow.config import ConfigError
+    from linflow.storage import DataError
+
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, DataError)
+    try:
+        args.func(args)
+    except user_errors as exc:
+        print(f"linflow {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Divergence and tracking errors are user-facing too; import lazily to keep --help light.
+        name = type(exc).__name__
+        if name in ("DivergenceError", "TrackingError"):
+            print(f"linflow {args.stage}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    except (KeyboardInterrupt, BaseException) as exc:
+        if type(exc).__name__ == "Interrupted" or isinstance(exc, KeyboardInterrupt):
+            print(f"linflow {args.stage}: interrupted", file=sys.stderr)
+            return 130 if isinstance(exc, KeyboardInterrupt) else 143
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""params.yaml -> validated, frozen config objects.
+
+Every knob of the pipeline lives in params.yaml; this module is the one place
+that says what each key may hold. Validation is strict (no silent coercion of
+``2.5`` to an int or ``true`` to 1, unknown keys rejected, floats finite) and a
+bad value becomes one :class:`ConfigError` line naming the key, the value and
+what is allowed, e.g. ``train.regression.lr must be a finite float > 0, got -0.1``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "Params",
+    "DatasetConfig",
+    "TrainConfig",
+    "load_params",
+    "parse_params",
+    "TASKS",
+]
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration error; its message is one line."""
+
+
+def _allowed(text: str, **kwargs: Any) -> Any:
+    """Field(...) whose description is the 'what is allowed' half of the error."""
+    return Field(description=text, **kwargs)
+
+
+PosFloat = Annotated[float, _allowed("a finite float > 0", gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, _allowed("a finite float >= 0", ge=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, _allowed("a finite float", allow_inf_nan=False)]
+Fraction = Annotated[float, _allowed("a float in (0, 1)", gt=0, lt=1, allow_inf_nan=False)]
+PosInt = Annotated[int, _allowed("an integer >= 1", ge=1)]
+NonNegInt = Annotated[int, _allowed("an integer >= 0", ge=0)]
+Seed = Annotated[int, _allowed("an integer in [0, 2**32)", ge=0, lt=2**32)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+# --- datasets -----------------------------------------------------------------
+
+
+class LineSource(_Strict):
+    """y = slope * x + intercept + N(0, noise^2), x uniform in [x_min, x_max]."""
+
+    source: Literal["line"]
+    task: Literal["regression"] = _allowed("'regression' for source line")
+    n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 100
+    slope: FiniteFloat = 3.0
+    intercept: FiniteFloat = 1.0
+    noise: NonNegFloat = 0.1
+    x_min: FiniteFloat = -1.0
+    x_max: FiniteFloat = 1.0
+    standardize: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> LineSource:
+        if not self.x_min < self.x_max:
+            raise ValueError(
+                f"x_min must be < x_max, got x_min={self.x_min}, x_max={self.x_max}"
+            )
+        return self
+
+
+class SyntheticSource(_Strict):
+    """d2l's synthetic_data: X ~ N(0, 1), y = X w + b + N(0, noise^2)."""
+
+    source: Literal["synthetic"]
+    task: Literal["regression"] = _allowed("'regression' for source synthetic")
+    n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 1000
+    w: Annotated[list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)]
+    b: FiniteFloat = 4.2
+    noise: NonNegFloat = 0.01
+    standardize: bool = False
+
+
+class DiabetesSource(_Strict):
+    """scikit-learn's bundled diabetes regression set (442 x 10)."""
+
+    source: Literal["diabetes"]
+    task: Literal["regression"] = _allowed("'regression' for source diabetes")
+    standardize: bool = True
+
+
+class DigitsSource(_Strict):
+    """scikit-learn's bundled 8x8 digits (1797 x 64, 10 classes), pixels in [0, 1]."""
+
+    source: Literal["digits"]
+    task: Literal["classification"] = _allowed("'classification' for source digits")
+    standardize: bool = True
+
+
+class FashionMnistSource(_Strict):
+    """Fashion-MNIST (60000 + 10000 images of 28x28, 10 classes)."""
+
+    source: Literal["fashion_mnist"]
+    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist")
+    # Where a torchvision-layout cache (<root>/FashionMNIST/raw) is looked for
+    # and downloads are kept; relative paths are relative to the repo root.
+    # LINFLOW_DATA_ROOT overrides it.
+    root: str = "data/cache"
+    mirror: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    download: bool = True
+    standardize: bool = False
+
+
+DatasetConfig = Annotated[
+    LineSource | SyntheticSource | DiabetesSource | DigitsSource | FashionMnistSource,
+    Field(discriminator="source"),
+]
+SOURCES = ("line", "synthetic", "diabetes", "digits", "fashion_mnist")
+TASKS = ("regression", "classification")
+
+
+# --- split --------------------------------------------------------------------
+
+
+class SplitConfig(_Strict):
+    train: Fraction = 0.7
+    val: Fraction = 0.15
+    test: Fraction = 0.15
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ValueError(
+                f"train + val + test must sum to 1, got {self.train} + {self.val} + "
+                f"{self.test} = {total:g}"
+            )
+        return self
+
+
+# --- train --------------------------------------------------------------------
+
+
+class TrainConfig(_Strict):
+    impl: Literal["torch", "scratch"] = _allowed("one of 'torch', 'scratch'", default="torch")
+    loss: Literal["mse", "mae", "cross_entropy"] = _allowed(
+        "one of 'mse', 'mae' (regression) or 'cross_entropy' (classification)"
+    )
+    lr: PosFloat
+    batch_size: PosInt
+    epochs: PosInt
+    weight_decay: NonNegFloat = 0.0
+    # Early stopping on validation loss: stop after `patience` epochs without
+    # improvement and restore the best weights; 0 switches it off.
+    patience: NonNegInt = 0
+    seed: Seed = 0
+
+
+class RegressionTrain(TrainConfig):
+    loss: Literal["mse", "mae"] = _allowed("one of 'mse', 'mae'", default="mse")
+
+
+class ClassificationTrain(TrainConfig):
+    loss: Literal["cross_entropy"] = _allowed("'cross_entropy'", default="cross_entropy")
+
+
+class TrainSection(_Strict):
+    # One thread by default: measured faster for small batches and robust when
+    # another process holds the second core (see README, "Threads").
+    threads: PosInt = 1
+    device: Literal["cpu", "cuda"] = _allowed("one of 'cpu', 'cuda'", default="cpu")
+    regression: RegressionTrain
+    classification: ClassificationTrain
+
+    def for_task(self, task: str) -> TrainConfig:
+        return self.regression if task == "regression" else self.classification
+
+
+class Params(_Strict):
+    seed: Seed = 0
+    datasets: Annotated[
+        dict[str, DatasetConfig], _allowed("a non-empty mapping of dataset name -> config")
+    ]
+    split: SplitConfig = SplitConfig()
+    train: TrainSection
+
+    @model_validator(mode="after")
+    def _names(self) -> Params:
+        if not self.datasets:
+            raise ValueError("datasets must name at least one dataset")
+        for name in self.datasets:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(
+                    f"datasets.{name}: dataset names must be letters, digits and '_'"
+                )
+        return self
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(
+                f"dataset {name!r} is not in params.yaml datasets; "
+                f"known: {', '.join(self.datasets)}"
+            )
+        return self.datasets[name]
+
+
+# --- loading and error messages -------------------------------------------------
+
+
+def _field_description(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str | None:
+    """Walk `loc` through the pydantic models to the field's 'allowed' text."""
+    desc = None
+    for part in loc:
+        if model is None:
+            return desc
+        if isinstance(part, str) and part in getattr(model, "model_fields", {}):
+            info = model.model_fields[part]
+            desc = info.description
+            for meta in info.metadata:
+                desc = getattr(meta, "description", None) or desc
+            ann = info.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if part == "datasets":
+                model = "datasets"  # type: ignore[assignment]
+        elif model == "datasets":
+            model = "dataset"  # type: ignore[assignment]  # next part is the dataset name
+        elif model == "dataset":
+            model = _SOURCE_MODELS.get(part)
+        else:
+            return desc
+    return desc
+
+
+_SOURCE_MODELS = {
+    "line": LineSource,
+    "synthetic": SyntheticSource,
+    "diabetes": DiabetesSource,
+    "digits": DigitsSource,
+    "fashion_mnist": FashionMnistSource,
+}
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    # A discriminated union puts the tag in loc: datasets.line.line.noise -> datasets.line.noise
+    parts = [str(p) for p in loc]
+    if len(parts) >= 3 and parts[0] == "datasets" and parts[2] in _SOURCE_MODELS:
+        del parts[2]
+    return ".".join(parts)
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = _key(loc)
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _key(loc[:-1])
+        where = f" in {parent}" if parent else ""
+        return f"{key} is not a known key{where} (misspelled?)"
+    if kind == "missing":
+        allowed = _field_description(Params, loc)
+        return f"{key} is required" + (f": {allowed}" if allowed else "")
+    if kind == "union_tag_invalid":
+        return f"{key}.source must be one of {', '.join(SOURCES)}, got {err['ctx']['tag']!r}"
+    if kind == "union_tag_not_found":
+        return f"{key}.source is required: one of {', '.join(SOURCES)}"
+    if kind == "value_error":
+        msg = str(err["ctx"]["error"])
+        return f"{key}: {msg}" if key else msg
+    allowed = _field_description(Params, loc)
+    if allowed is None:
+        allowed = err["msg"].replace("Input should be ", "").rstrip(".")
+    return f"{key} must be {allowed}, got {value!r}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as loaded from YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must hold a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(errors[0])
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {first}{more}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the repo root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: file is empty")
+    return parse_params(raw, str(path))

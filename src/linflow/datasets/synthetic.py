@@ -1,0 +1,32 @@
+"""Generated regression data: the y = 3x + 1 line and d2l's synthetic_data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from linflow.datasets import RawData
+
+
+def make_line(cfg, rng: np.random.Generator) -> RawData:
+    """y = slope * x + intercept + N(0, noise^2), x ~ U(x_min, x_max), n points."""
+    x = rng.uniform(cfg.x_min, cfg.x_max, size=cfg.n)  # (n,)
+    y = cfg.slope * x + cfg.intercept + cfg.noise * rng.standard_normal(cfg.n)  # (n,)
+    return RawData(
+        task="regression",
+        X=x.reshape(-1, 1).astype(np.float32),
+        y=y.astype(np.float32),
+        feature_names=["x"],
+    )
+
+
+def make_synthetic(cfg, rng: np.random.Generator) -> RawData:
+    """d2l's synthetic_data: X ~ N(0, 1) of shape (n, len(w)), y = X w + b + noise."""
+    w = np.asarray(cfg.w, dtype=np.float64)  # (d,)
+    X = rng.standard_normal((cfg.n, w.size))  # (n, d)
+    y = X @ w + cfg.b + cfg.noise * rng.standard_normal(cfg.n)  # (n,)
+    return RawData(
+        task="regression",
+        X=X.astype(np.float32),
+        y=y.astype(np.float32),
+        feature_names=[f"x{i}" for i in range(w.size)],
+    )

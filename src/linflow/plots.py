@@ -1,0 +1,82 @@
+"""Matplotlib figures, written atomically and byte-stably (no timestamps)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from linflow.storage import atomic_path
+
+__all__ = ["loss_curve", "confusion_png", "prediction_scatter"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        # No 'Software'/date metadata: the same figure gives the same bytes.
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def loss_curve(history: Sequence[dict], path: str | Path, title: str) -> None:
+    """Train and validation loss per epoch (log scale when the range is wide)."""
+    plt = _plt()
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], label="val loss")
+    losses = [r[k] for r in history for k in ("train_loss", "val_loss")]
+    if min(losses) > 0 and max(losses) / min(losses) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str) -> None:
+    """Confusion matrix, rows = true class, columns = predicted class."""
+    plt = _plt()
+    k = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def prediction_scatter(y: np.ndarray, y_hat: np.ndarray, path: str | Path, title: str) -> None:
+    """Predicted vs actual targets with the identity line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, y_hat, s=8, alpha=0.6)
+    lo, hi = float(min(y.min(), y_hat.min())), float(max(y.max(), y_hat.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="y_hat = y")
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,83 @@
+"""Deterministic (stratified) train/val/test split and the standard scaler.
+
+Pure: index arithmetic on arrays. The scaler's statistics come from the train
+split only, so nothing about val/test leaks into training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from linflow.storage import DataError
+
+__all__ = ["split_indices", "fit_scaler", "apply_scaler"]
+
+
+def _counts(n: int, val: float, test: float) -> tuple[int, int, int]:
+    n_test = int(round(n * test))
+    n_val = int(round(n * val))
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_indices(
+    n: int,
+    fractions: tuple[float, float, float],
+    rng: np.random.Generator,
+    y: np.ndarray | None = None,
+    is_test: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted, disjoint (train, val, test) row indices covering range(n).
+
+    With labels `y`, the split is stratified: each class is split by the same
+    fractions and must appear in every split. With `is_test`, those rows are
+    the test split (an official split is kept) and val is carved from the rest
+    in the ratio val / (train + val).
+    """
+    train_f, val_f, test_f = fractions
+    if is_test is not None:
+        rest = np.flatnonzero(~is_test)
+        tr, va, _ = split_indices(
+            rest.size, (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0), rng,
+            None if y is None else y[rest],
+        )
+        return rest[tr], rest[va], np.flatnonzero(is_test)
+    groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for members in groups:
+        counts = _counts(members.size, val_f, test_f)
+        wanted = [c for c, f in zip(counts, fractions, strict=True) if f > 0]
+        if min(wanted) < 1:
+            what = "the data" if y is None else f"class {y[members[0]]!r}"
+            raise DataError(
+                f"split fractions {fractions} leave an empty split for {what} "
+                f"({members.size} rows -> train/val/test = {counts}); use larger fractions "
+                "or more data"
+            )
+        perm = members[rng.permutation(members.size)]
+        a, b = counts[0], counts[0] + counts[1]
+        for i, chunk in enumerate((perm[:a], perm[a:b], perm[b:])):
+            parts[i].append(chunk)
+    tr, va, te = (np.sort(np.concatenate(p)) for p in parts)
+    return tr, va, te
+
+
+def fit_scaler(X: np.ndarray, x_scale: float, standardize: bool) -> dict:
+    """Per-feature mean/std of the (train) features X * x_scale; std 0 -> 1."""
+    d = X.shape[1]
+    if not standardize:
+        return {"standardize": False, "x_scale": x_scale, "mean": [0.0] * d, "std": [1.0] * d}
+    Xf = X.astype(np.float64) * x_scale  # (n, d)
+    mean = Xf.mean(axis=0)
+    std = Xf.std(axis=0)
+    std[std == 0] = 1.0  # constant features (e.g. border pixels) stay 0 after centring
+    return {"standardize": True, "x_scale": x_scale, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def apply_scaler(X: np.ndarray, scaler: dict) -> np.ndarray:
+    """float32 features (X * x_scale - mean) / std, shape (n, d)."""
+    Xf = X.astype(np.float32) * np.float32(scaler["x_scale"])
+    if scaler["standardize"]:
+        Xf -= np.asarray(scaler["mean"], dtype=np.float32)
+        Xf /= np.asarray(scaler["std"], dtype=np.float32)
+    return Xf
+

@@ -1,0 +1,269 @@
+"""MLflow tracking: the ONLY module that imports mlflow.
+
+Store: ``sqlite:///<repo root>/mlflow.db`` with artifacts in
+``<repo root>/mlartifacts``, the same for ``dvc repro``, ``dvc exp run`` and
+``--temp``/queued experiments (which run in ``<repo>/.dvc/tmp/exps/...``);
+``MLFLOW_TRACKING_URI`` overrides it. One run per dataset per training, in
+experiment ``linflow-<dataset>``. Later stages find the run by the tag
+``linflow.weights_md5`` (the hash of the weights it produced), never through a
+run id stored in a DVC output.
+
+A run ends FINISHED only when its block completed; an exception leaves it
+FAILED with tag ``linflow.failure`` holding the one-line reason;
+KeyboardInterrupt / SIGTERM leave it KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrackingError",
+    "Interrupted",
+    "repo_root",
+    "tracking_uri",
+    "redact",
+    "TrainingRun",
+    "log_to_training_run",
+]
+
+WEIGHTS_TAG = "linflow.weights_md5"
+FAILURE_TAG = "linflow.failure"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; the message is one line."""
+
+
+class Interrupted(BaseException):
+    """Raised by the SIGTERM handler so runs end KILLED, like Ctrl-C."""
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The user's repository root, also from inside a DVC temp/queued experiment."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp" and parts[i + 2] == "exps":
+            return Path(*parts[:i])
+    for d in (cwd, *cwd.parents):
+        if (d / "dvc.yaml").is_file() or (d / ".dvc").is_dir():
+            return d
+    return cwd
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """The URI without credentials (user:password@ or token query values)."""
+    uri = re.sub(r"//[^/@]*@", "//***@", uri)
+    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]*", r"\1***", uri)
+
+
+def _client():
+    # Fail fast against a dead server instead of MLflow's default ~minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]
+
+
+def _experiment_id(client, dataset: str) -> str:
+    name = f"linflow-{dataset}"
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        artifact_location = (repo_root() / "mlartifacts" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = str(value)
+
+
+def flatten(params: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    _flatten("", params, out)
+    return out
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            res = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mlflow.source.git.commit": commit or "unknown",
+        "linflow.git_dirty": str(bool(dirty)).lower(),
+    }
+
+
+def _wrap(exc: Exception) -> TrackingError:
+    return TrackingError(f"MLflow store {redact(tracking_uri())} failed: {redact(_one_line(exc))}")
+
+
+class TrainingRun:
+    """Context manager around one MLflow training run.
+
+    >>> with TrainingRun("digits", "digits-torch", params, tags) as run:
+    ...     run.log_epoch({"epoch": 1, "train_loss": 0.5, ...})
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ):
+        self.dataset = dataset
+        self.run_name = run_name
+        self.params = flatten(params)
+        self.tags = dict(tags)
+        self.client = None
+        self.run_id: str | None = None
+
+    def __enter__(self) -> TrainingRun:
+        from mlflow.entities import Param
+
+        try:
+            self.client = _client()
+            exp_id = _experiment_id(self.client, self.dataset)
+            tags = {**git_tags(repo_root()), **self.tags}
+            if os.environ.get("DVC_EXP_NAME"):
+                tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+            run = self.client.create_run(exp_id, tags=tags, run_name=self.run_name)
+            self.run_id = run.info.run_id
+            items = [Param(k, v[:6000]) for k, v in sorted(self.params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
+        except Exception as exc:
+            if self.run_id is not None:
+                self._end("FAILED", f"could not log params: {_one_line(exc)}")
+            raise _wrap(exc) from None
+        return self
+
+    def log_epoch(self, row: Mapping[str, float]) -> None:
+        """One call per epoch: every value of `row` at step = row['epoch']."""
+        step = int(row["epoch"])
+        self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def _end(self, status: str, reason: str | None = None) -> None:
+        try:
+            if reason:
+                self.set_tags({FAILURE_TAG: reason})
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:  # the store went away: say so, keep the original error
+            log.warning("could not mark MLflow run %s as %s: %s", self.run_id, status, _one_line(exc))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.run_id is None:
+            return False
+        if exc is None:
+            self._end("FINISHED")
+        elif isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            self._end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        else:
+            self._end("FAILED", _one_line(exc))
+        return False
+
+
+def log_to_training_run(
+    dataset: str,
+    weights_md5: str,
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Iterable[str | Path] = (),
+    tags: Mapping[str, str] | None = None,
+) -> str | None:
+    """Add metrics/artifacts to the training run that produced these weights.
+
+    Returns the run id, or None (with a warning) when no such run exists, e.g.
+    after mlflow.db was deleted while DVC still had the outputs.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    try:
+        client = _client()
+        exp = client.get_experiment_by_name(f"linflow-{dataset}")
+        runs = []
+        if exp is not None:
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        if not runs:
+            log.warning(
+                "no MLflow run in linflow-%s produced these weights (md5 %s); "
+                "not logging (re-run train to create one)",
+                dataset,
+                weights_md5,
+            )
+            return None
+        run_id = runs[0].info.run_id
+        ts = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+        for p in artifacts:
+            client.log_artifact(run_id, str(p))
+        return run_id
+    except Exception as exc:
+        raise _wrap(exc) from None
