@@ -96,12 +96,17 @@ def cmd_split(args) -> None:
     if str(raw["task"]) != cfg.task:
         from linflow.storage import DataError
 
-        raise DataError(f"{args.raw}: holds {raw['task']} data but datasets.{args.dataset}.task is {cfg.task}")
+        raise DataError(
+            f"{args.raw}: holds {raw['task']} data but datasets.{args.dataset}.task is {cfg.task}"
+        )
     s = params.split
     y = raw["y"] if cfg.task == "classification" else None
     idx = split_indices(
-        raw["y"].shape[0], (s.train, s.val, s.test), make_rng(params.seed, f"split/{args.dataset}"),
-        y=y, is_test=raw.get("is_test"),
+        raw["y"].shape[0],
+        (s.train, s.val, s.test),
+        make_rng(params.seed, f"split/{args.dataset}"),
+        y=y,
+        is_test=raw.get("is_test"),
     )
     out = Path(args.out)
     scaler = fit_scaler(raw["X"][idx[0]], float(raw["x_scale"]), cfg.standardize)
@@ -122,7 +127,9 @@ def cmd_train(args) -> None:
     X, y, meta = _load_split(data, "train")
     X_val, y_val, _ = _load_split(data, "val")
     if str(meta["task"]) != ds.task:
-        raise ConfigError(f"{data}: holds {meta['task']} data but datasets.{args.dataset}.task is {ds.task}")
+        raise ConfigError(
+            f"{data}: holds {meta['task']} data but datasets.{args.dataset}.task is {ds.task}"
+        )
     if cfg.batch_size > X.shape[0]:
         raise ConfigError(
             f"params.yaml: train.{ds.task}.batch_size must be <= the train split size "
@@ -145,11 +152,19 @@ def cmd_train(args) -> None:
     if ds.task == "regression" and cfg.loss == "mse":
         lam, lr_bound = lr_stability_bound(X, cfg.weight_decay)
         derived.update(lambda_max=lam, lr_bound=lr_bound)
-        log.info("train %s: lambda_max = %.4g, stable lr bound 2/lambda_max = %.4g", args.dataset, lam, lr_bound)
+        log.info(
+            "train %s: lambda_max = %.4g, stable lr bound 2/lambda_max = %.4g",
+            args.dataset,
+            lam,
+            lr_bound,
+        )
         if cfg.lr > lr_bound:
             log.warning(
                 "train %s: lr=%g exceeds the full-batch stable step bound 2/lambda_max = %.4g; "
-                "training may diverge", args.dataset, cfg.lr, lr_bound,
+                "training may diverge",
+                args.dataset,
+                cfg.lr,
+                lr_bound,
             )
     k = n_classes if ds.task == "classification" else 1
     derived["n_params"] = k * d + k
@@ -164,9 +179,16 @@ def cmd_train(args) -> None:
     model_dir, reports = Path(args.model), Path(args.reports)
     weights_path = model_dir / "model.safetensors"
     run_params = {
-        "dataset": args.dataset, "task": ds.task, "seed": params.seed,
-        "data": ds.model_dump(), "split": params.split.model_dump(),
-        "train": {"threads": params.train.threads, "device": params.train.device, **cfg.model_dump()},
+        "dataset": args.dataset,
+        "task": ds.task,
+        "seed": params.seed,
+        "data": ds.model_dump(),
+        "split": params.split.model_dump(),
+        "train": {
+            "threads": params.train.threads,
+            "device": params.train.device,
+            **cfg.model_dump(),
+        },
         "derived": derived,
     }
     import os
@@ -192,25 +214,55 @@ def cmd_train(args) -> None:
         log.info(
             "train %s: %d epochs in %.2f s (%.4f s/epoch median), best epoch %d, "
             "train_loss %.5g, val_loss %.5g, %s %.5g",
-            args.dataset, result.epochs_run, seconds, float(np.median(result.seconds_per_epoch)),
-            result.best_epoch, last["train_loss"], last["val_loss"], metric, last[metric],
+            args.dataset,
+            result.epochs_run,
+            seconds,
+            float(np.median(result.seconds_per_epoch)),
+            result.best_epoch,
+            last["train_loss"],
+            last["val_loss"],
+            metric,
+            last[metric],
         )
         card = {
-            "dataset": args.dataset, "task": ds.task, "impl": cfg.impl, "loss": cfg.loss,
-            "n_features": d, "n_outputs": k, "n_params": k * d + k,
-            "feature_names": [str(f) for f in meta["feature_names"]], "class_names": class_names,
-            "weights": {"file": weights_path.name, "format": "safetensors", "layout": "weight (n_outputs, n_features), bias (n_outputs,)"},
-            "train": cfg.model_dump(), "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+            "dataset": args.dataset,
+            "task": ds.task,
+            "impl": cfg.impl,
+            "loss": cfg.loss,
+            "n_features": d,
+            "n_outputs": k,
+            "n_params": k * d + k,
+            "feature_names": [str(f) for f in meta["feature_names"]],
+            "class_names": class_names,
+            "weights": {
+                "file": weights_path.name,
+                "format": "safetensors",
+                "layout": "weight (n_outputs, n_features), bias (n_outputs,)",
+            },
+            "train": cfg.model_dump(),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
         }
-        save_weights(weights_path, {"weight": result.weight, "bias": result.bias},
-                     {"task": ds.task, "n_features": str(d), "n_outputs": str(k)})
+        save_weights(
+            weights_path,
+            {"weight": result.weight, "bias": result.bias},
+            {"task": ds.task, "n_features": str(d), "n_outputs": str(k)},
+        )
         write_json(model_dir / "model.json", card)
         header = list(result.history[0])
         write_csv(reports / "history.csv", header, [[r[h] for h in header] for r in result.history])
-        plots.loss_curve(result.history, reports / "loss_curve.png", f"{args.dataset}: {cfg.impl} {cfg.loss}")
-        run.log_metrics({"train_seconds": seconds, "seconds_per_epoch": float(np.median(result.seconds_per_epoch)),
-                         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+        plots.loss_curve(
+            result.history, reports / "loss_curve.png", f"{args.dataset}: {cfg.impl} {cfg.loss}"
+        )
+        run.log_metrics(
+            {
+                "train_seconds": seconds,
+                "seconds_per_epoch": float(np.median(result.seconds_per_epoch)),
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+            }
+        )
         run.log_artifacts([reports / "history.csv", reports / "loss_curve.png"])
         run.log_artifacts([weights_path, model_dir / "model.json"], "model")
         run.set_tags({tracking.WEIGHTS_TAG: file_md5(weights_path)})
@@ -235,30 +287,50 @@ def cmd_evaluate(args) -> None:
     W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
     X, y, _ = _load_split(Path(args.data), "test")
     if X.shape[1] != W.shape[1]:
-        raise DataError(f"{args.data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}")
+        raise DataError(
+            f"{args.data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}"
+        )
     out = metrics.predict_linear(X, W, b)  # (n, k)
     title = f"{args.dataset} test"
     if card["task"] == "regression":
         y_hat = out[:, 0]
         test = metrics.regression_metrics(y, y_hat)
-        write_csv(reports / "predictions.csv", ["actual", "predicted"], list(zip(y.tolist(), y_hat.tolist(), strict=True)))
+        write_csv(
+            reports / "predictions.csv",
+            ["actual", "predicted"],
+            list(zip(y.tolist(), y_hat.tolist(), strict=True)),
+        )
         plots.prediction_scatter(y, y_hat, reports / "predictions.png", title)
         scalars = test
     else:
         res = metrics.classification_metrics(y, out)
         names = card["class_names"]
         y_pred = out.argmax(axis=1)
-        write_csv(reports / "predictions.csv", ["actual", "predicted"],
-                  [[names[a], names[p]] for a, p in zip(y.tolist(), y_pred.tolist(), strict=True)])
-        plots.confusion_png(np.array(res["confusion_matrix"]), names, reports / "predictions.png", title)
+        write_csv(
+            reports / "predictions.csv",
+            ["actual", "predicted"],
+            [[names[a], names[p]] for a, p in zip(y.tolist(), y_pred.tolist(), strict=True)],
+        )
+        plots.confusion_png(
+            np.array(res["confusion_matrix"]), names, reports / "predictions.png", title
+        )
         scalars = {"accuracy": res["accuracy"], "cross_entropy": res["cross_entropy"]}
-        test = {**scalars, "per_class_accuracy": dict(zip(names, res["per_class_accuracy"], strict=True))}
-    doc = {"dataset": args.dataset, "task": card["task"], "n_test": int(y.shape[0]),
-           "n_params": card["n_params"], "test": test}
+        test = {
+            **scalars,
+            "per_class_accuracy": dict(zip(names, res["per_class_accuracy"], strict=True)),
+        }
+    doc = {
+        "dataset": args.dataset,
+        "task": card["task"],
+        "n_test": int(y.shape[0]),
+        "n_params": card["n_params"],
+        "test": test,
+    }
     write_json(reports / "metrics.json", doc)
     log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
     tracking.log_to_training_run(
-        args.dataset, file_md5(model_dir / card["weights"]["file"]),
+        args.dataset,
+        file_md5(model_dir / card["weights"]["file"]),
         metrics={f"test_{k}": v for k, v in scalars.items()},
         artifacts=[reports / "metrics.json", reports / "predictions.png"],
     )
@@ -281,7 +353,11 @@ def cmd_report(args) -> None:
         model = "LinearRegression" if m["task"] == "regression" else "SoftmaxRegression"
         keys = ("rmse", "r2", "mae") if m["task"] == "regression" else ("accuracy", "cross_entropy")
         for i, key in enumerate(keys):
-            head = f"| {name} | {m['task']} | {model} | {m['n_params']} | {m['n_test']} |" if i == 0 else "| | | | | |"
+            head = (
+                f"| {name} | {m['task']} | {model} | {m['n_params']} | {m['n_test']} |"
+                if i == 0
+                else "| | | | | |"
+            )
             lines.append(f"{head} {key} | {m['test'][key]:.4f} |")
     write_text(args.out, "\n".join(lines) + "\n")
     log.info("report: %d datasets -> %s", len(args.datasets), args.out)

@@ -67,9 +67,7 @@ class LineSource(_Strict):
     @model_validator(mode="after")
     def _range(self) -> LineSource:
         if not self.x_min < self.x_max:
-            raise ValueError(
-                f"x_min must be < x_max, got x_min={self.x_min}, x_max={self.x_max}"
-            )
+            raise ValueError(f"x_min must be < x_max, got x_min={self.x_min}, x_max={self.x_max}")
         return self
 
 
@@ -194,9 +192,7 @@ class Params(_Strict):
             raise ValueError("datasets must name at least one dataset")
         for name in self.datasets:
             if not name.replace("_", "").isalnum():
-                raise ValueError(
-                    f"datasets.{name}: dataset names must be letters, digits and '_'"
-                )
+                raise ValueError(f"datasets.{name}: dataset names must be letters, digits and '_'")
         return self
 
     def dataset(self, name: str) -> DatasetConfig:

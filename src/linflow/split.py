@@ -37,7 +37,9 @@ def split_indices(
     if is_test is not None:
         rest = np.flatnonzero(~is_test)
         tr, va, _ = split_indices(
-            rest.size, (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0), rng,
+            rest.size,
+            (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0),
+            rng,
             None if y is None else y[rest],
         )
         return rest[tr], rest[va], np.flatnonzero(is_test)
@@ -80,4 +82,3 @@ def apply_scaler(X: np.ndarray, scaler: dict) -> np.ndarray:
         Xf -= np.asarray(scaler["mean"], dtype=np.float32)
         Xf /= np.asarray(scaler["std"], dtype=np.float32)
     return Xf
-

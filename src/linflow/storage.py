@@ -129,7 +129,9 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name], order="C"), allow_pickle=False)
+            np.lib.format.write_array(
+                member, np.asarray(arrays[name], order="C"), allow_pickle=False
+            )
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             zf.writestr(info, member.getvalue())
@@ -152,7 +154,9 @@ def load_npz(path: str | Path, required: Sequence[str] = ()) -> dict[str, np.nda
     return arrays
 
 
-def save_weights(path: str | Path, tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
+def save_weights(
+    path: str | Path, tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]
+) -> None:
     """Write weights as safetensors (byte-stable, loadable without pickle)."""
     from safetensors.numpy import save
 

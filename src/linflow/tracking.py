@@ -208,7 +208,9 @@ class TrainingRun:
                 self.set_tags({FAILURE_TAG: reason})
             self.client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # the store went away: say so, keep the original error
-            log.warning("could not mark MLflow run %s as %s: %s", self.run_id, status, _one_line(exc))
+            log.warning(
+                "could not mark MLflow run %s as %s: %s", self.run_id, status, _one_line(exc)
+            )
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:

@@ -57,7 +57,11 @@ def load_source(name: str, cfg, seed: int) -> RawData:
         from linflow.datasets import synthetic
 
         rng = make_rng(seed, name)
-        return synthetic.make_line(cfg, rng) if cfg.source == "line" else synthetic.make_synthetic(cfg, rng)
+        return (
+            synthetic.make_line(cfg, rng)
+            if cfg.source == "line"
+            else synthetic.make_synthetic(cfg, rng)
+        )
     if cfg.source in ("diabetes", "digits"):
         from linflow.datasets import bundled
 
@@ -85,17 +89,22 @@ def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
         raise DataError(f"{where}: y must have shape ({X.shape[0]},), got {y.shape}")
     if X.dtype.kind == "f" and not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
-        raise DataError(f"{where}: X has a non-finite value ({X[tuple(bad)]}) at row {bad[0]}, column {bad[1]}")
+        raise DataError(
+            f"{where}: X has a non-finite value ({X[tuple(bad)]}) at row {bad[0]}, column {bad[1]}"
+        )
     if task == "classification":
         k = len(arrays["class_names"])
         if y.dtype.kind not in "iu":
             raise DataError(f"{where}: classification labels must be integers, got dtype {y.dtype}")
         if y.size and (y.min() < 0 or y.max() >= k):
             raise DataError(
-                f"{where}: labels must be in [0, {k}) for {k} classes, got range [{y.min()}, {y.max()}]"
+                f"{where}: labels must be in [0, {k}) for {k} classes, "
+                f"got range [{y.min()}, {y.max()}]"
             )
     else:
         if y.dtype.kind != "f":
             raise DataError(f"{where}: regression targets must be floats, got dtype {y.dtype}")
         if not np.isfinite(y).all():
-            raise DataError(f"{where}: y has a non-finite value at row {int(np.argmin(np.isfinite(y)))}")
+            raise DataError(
+                f"{where}: y has a non-finite value at row {int(np.argmin(np.isfinite(y)))}"
+            )
