@@ -15,7 +15,9 @@ def test_help_imports_no_heavy_library():
 
 
 def test_every_stage_has_a_subcommand():
-    res = subprocess.run([sys.executable, "-m", "linflow", "--help"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "linflow", "--help"], capture_output=True, text=True
+    )
     assert res.returncode == 0
     for stage in ("prepare", "split", "train", "evaluate", "report"):
         assert stage in res.stdout

@@ -32,7 +32,11 @@ BAD = [
     ("train.classification.batch_size", 0, r"batch_size must be an integer >= 1, got 0$"),
     ("train.classification.lrr", 0.1, r"train\.classification\.lrr is not a known key"),
     ("split.train", 0.8, r"split: train \+ val \+ test must sum to 1, got .* = 1\.1$"),
-    ("datasets.line.source", "mnist", r"datasets\.line\.source must be one of line, .*got 'mnist'$"),
+    (
+        "datasets.line.source",
+        "mnist",
+        r"datasets\.line\.source must be one of line, .*got 'mnist'$",
+    ),
     ("seed", -1, r"seed must be an integer in \[0, 2\*\*32\), got -1$"),
     ("seed", 2**32, r"seed must be an integer in \[0, 2\*\*32\), got 4294967296$"),
     ("train.device", "tpu", r"train\.device must be one of 'cpu', 'cuda', got 'tpu'$"),
@@ -61,7 +65,11 @@ def test_config_is_frozen(base_params):
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("", "file is empty"), ("train: [1, 2\n", "not valid YAML at line"), ("- 1\n", "must hold a mapping")],
+    [
+        ("", "file is empty"),
+        ("train: [1, 2\n", "not valid YAML at line"),
+        ("- 1\n", "must hold a mapping"),
+    ],
 )
 def test_unreadable_params_file(tmp_path, text, match):
     path = tmp_path / "params.yaml"
@@ -85,18 +93,33 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "message"), CLI_CASES, ids=[c[0] + "=" + str(c[1]) for c in CLI_CASES])
+@pytest.mark.parametrize(
+    ("key", "value", "message"), CLI_CASES, ids=[c[0] + "=" + str(c[1]) for c in CLI_CASES]
+)
 @pytest.mark.parametrize("stage", ["prepare", "train"])
-def test_cli_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, params, key, value, message, stage):
+def test_cli_exits_nonzero_with_one_line_and_writes_nothing(
+    tmp_path, params, key, value, message, stage
+):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(_set(params, key, value)))
     out = tmp_path / "out"
     if stage == "prepare":
         args = ["prepare", "line", "--out", str(out / "line.npz")]
     else:
-        args = ["train", "line", "--data", str(tmp_path / "nodata"), "--model", str(out / "m"), "--reports", str(out / "r")]
+        args = [
+            "train",
+            "line",
+            "--data",
+            str(tmp_path / "nodata"),
+            "--model",
+            str(out / "m"),
+            "--reports",
+            str(out / "r"),
+        ]
     res = subprocess.run(
-        [sys.executable, "-m", "linflow", "--params", str(bad), *args], capture_output=True, text=True
+        [sys.executable, "-m", "linflow", "--params", str(bad), *args],
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()

@@ -74,3 +74,20 @@ def test_weights_roundtrip_without_pickle_and_byte_stable(tmp_path):
     (tmp_path / "evil.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle, not safetensors
     with pytest.raises(DataError, match="evil.safetensors: not a readable safetensors"):
         load_weights(tmp_path / "evil.safetensors")
+
+
+def test_weights_bytes_are_stable_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from linflow.storage import save_weights\n"
+        "save_weights(sys.argv[1], {'weight': np.ones((2, 3), np.float32), 'bias': np.zeros(2, np.float32)},"
+        " {'task': 'a', 'n_features': '3', 'n_outputs': '2', 'x': 'y'})\n"
+    )
+    outs = []
+    for i in range(4):  # the old metadata layout differed between processes about half the time
+        path = tmp_path / f"w{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        outs.append(path.read_bytes())
+    assert len(set(outs)) == 1

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from linflow.config import RegressionTrain, ClassificationTrain
+from linflow.config import ClassificationTrain, RegressionTrain
 from linflow.training import DivergenceError, fit, lr_stability_bound, make_engine
 
 
@@ -22,7 +22,9 @@ def _cfg(**kw):
 def test_minibatch_sgd_recovers_d2l_weights():
     X, y = _reg_data()
     cfg = _cfg()
-    res = fit(make_engine("torch", "regression", 2, 0, cfg), X[:150], y[:150], X[150:], y[150:], cfg)
+    res = fit(
+        make_engine("torch", "regression", 2, 0, cfg), X[:150], y[:150], X[150:], y[150:], cfg
+    )
     np.testing.assert_allclose(res.weight[0], [2.0, -3.4], atol=0.01)
     np.testing.assert_allclose(res.bias, [4.2], atol=0.01)
     assert [r["epoch"] for r in res.history] == list(range(1, 31))

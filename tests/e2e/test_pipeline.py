@@ -27,9 +27,16 @@ def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess
 
 def copy_repo(dest: Path) -> Path:
     """What a fresh clone holds: tracked + untracked-but-not-ignored files, as a new git repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = ROOT / rel
         if src.is_file():
@@ -78,7 +85,13 @@ def test_every_output_exists(repo):
             assert (path / f"data/prepared/{ds}/{f}").is_file()
         assert (path / f"models/{ds}/model.safetensors").is_file()
         assert (path / f"models/{ds}/model.json").is_file()
-        for f in ("history.csv", "loss_curve.png", "metrics.json", "predictions.csv", "predictions.png"):
+        for f in (
+            "history.csv",
+            "loss_curve.png",
+            "metrics.json",
+            "predictions.csv",
+            "predictions.png",
+        ):
             assert (path / f"reports/{ds}/{f}").is_file(), f
     summary = (path / "reports/summary.md").read_text()
     assert all(f"| {ds} |" in summary for ds in DATASETS)
@@ -91,7 +104,9 @@ def test_fresh_run_reproduces_the_committed_lock(repo):
 
 def test_default_params_reach_the_quality_bar(repo):
     path, _, _ = repo
-    m = {ds: json.loads((path / f"reports/{ds}/metrics.json").read_text())["test"] for ds in DATASETS}
+    m = {
+        ds: json.loads((path / f"reports/{ds}/metrics.json").read_text())["test"] for ds in DATASETS
+    }
     assert m["line"]["r2"] >= 0.97
     assert m["synthetic"]["rmse"] <= 0.02
     assert m["digits"]["accuracy"] >= 0.95
@@ -148,7 +163,9 @@ def test_changing_classification_lr_reruns_only_classification(repo):
         res = _run(["dvc", "repro"], path, pipeline_env())
     finally:
         params.write_text(original)
-    ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
+    ran = {
+        line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")
+    }
     classification = {"digits", "fashion_mnist"}
     assert "train@digits" in ran and "evaluate@digits" in ran and "report" in ran
     assert all(s == "report" or s.split("@")[1] in classification for s in ran), ran
