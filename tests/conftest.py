@@ -21,8 +21,10 @@ def params(base_params) -> dict:
     return copy.deepcopy(base_params)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_mlflow(tmp_path_factory, monkeypatch):
-    """Tests never write into the repo's mlflow.db."""
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_mlflow(tmp_path_factory):
+    """Tests never write into the repo's mlflow.db: one temporary store per session."""
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        yield
