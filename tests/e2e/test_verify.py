@@ -1,0 +1,140 @@
+"""`linflow verify` on a real repo: what passes, and what it must catch.
+
+Each test re-runs one dataset's chain (`linflow verify <stage>`: that stage and
+its upstream stages, forced) in its own copy of the session's reproduced repo;
+`make verify` in CI runs the whole pipeline the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import clone_reproduced, pipeline_env, run
+
+pytestmark = pytest.mark.slow
+
+LINE_OUTPUTS = [
+    ("data/raw/line.npz", "prepare@line"),
+    ("data/prepared/line", "split@line"),
+    ("models/line", "train@line"),
+    ("reports/line/history.csv", "train@line"),
+    ("reports/line/loss_curve.png", "train@line"),
+    ("reports/line/predictions.csv", "evaluate@line"),
+    ("reports/line/metrics.json", "evaluate@line"),
+    ("reports/line/predictions.png", "evaluate@line"),
+]
+
+
+@pytest.fixture
+def repo(reproduced, tmp_path) -> Path:
+    return clone_reproduced(reproduced[0], tmp_path / "repo")
+
+
+def verify(repo: Path, *targets: str):
+    return run(["linflow", "verify", *targets], repo, pipeline_env(), check=False)
+
+
+def rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """(path, stage) -> [status words..., detail...] of the table before 'What differs:'."""
+    table = stdout.split("\n\nWhat differs:")[0].splitlines()[1:]
+    return {tuple(ln.split()[:2]): ln.split()[2:] for ln in table if ln.strip()}
+
+
+def differs(stdout: str) -> list[str]:
+    """The rows of the 'What differs:' table."""
+    if "What differs:" not in stdout:
+        return []
+    return stdout.split("What differs:\n")[1].split("\n\n")[0].splitlines()[1:]
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(["git", *args], repo, pipeline_env()).stdout
+
+
+def test_a_rerun_is_bit_identical_output_by_output(repo):
+    runs_before = _training_runs(repo)
+    res = verify(repo, "evaluate@line")
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = rows(res.stdout)
+    for path, stage in LINE_OUTPUTS:
+        assert got[(path, stage)] == ["bit-identical"], (path, res.stdout)
+    assert res.stdout.strip().endswith("verify OK: 8 outputs; 8 bit-identical")
+    for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
+        assert f"Running stage '{stage}'" in res.stderr  # forced: each really ran
+    assert git(repo, "status", "--porcelain", "reports") == ""
+    assert _training_runs(repo) == runs_before  # its runs went to a throwaway store
+
+
+def _training_runs(repo: Path) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("linflow-line")
+    return len(client.search_runs([exp.experiment_id]))
+
+
+def test_an_edited_committed_metric_fails_naming_it(repo):
+    path = repo / "reports/line/metrics.json"
+    doc = json.loads(path.read_text())
+    true_rmse = doc["test"]["rmse"]
+    doc["test"]["rmse"] = round(true_rmse * 0.5, 6)  # a better number than the pipeline gives
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    git(repo, "commit", "-qam", "better rmse")
+
+    res = verify(repo, "evaluate@line")
+
+    assert res.returncode == 1
+    assert rows(res.stdout)[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
+    (line,) = [ln for ln in differs(res.stdout) if ln.startswith("reports/line/metrics.json")]
+    assert f"test.rmse {doc['test']['rmse']!r} -> {true_rmse!r}" in line
+    assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
+    assert res.stdout.strip().splitlines()[-1].startswith("verify FAILED")
+
+
+def test_a_changed_seed_without_a_new_lock_fails_listing_the_data_outputs(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "seed 1, lock not updated")
+
+    res = verify(repo, "split@line")
+
+    assert res.returncode == 1
+    got = rows(res.stdout)
+    assert got[("data/raw/line.npz", "prepare@line")][0] == "changed"
+    assert got[("data/prepared/line", "split@line")][0] == "changed"
+    what = "\n".join(differs(res.stdout))
+    assert "data/raw/line.npz" in what and "data/prepared/line" in what
+    assert "data must be bit-identical" in what
+    # the folder's changed files are named, from the manifests in the DVC cache
+    assert "(test.npz, train.npz, val.npz)" in what
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("params.yaml:seed")]
+    assert "prepare@line +1" in stale and "stale lock" in stale and "committed 0, now 1" in stale
+
+
+def test_a_stale_lock_fails_even_when_the_outputs_are_identical(repo):
+    # A dependency edited without re-running: dvc status on a clean clone would show it.
+    dep = repo / "src/linflow/datasets/synthetic.py"
+    dep.write_text(dep.read_text() + "\n# a comment: same outputs, new md5\n")
+    git(repo, "commit", "-qam", "edit a dependency, forget dvc repro")
+
+    res = verify(repo, "prepare@line")
+
+    assert res.returncode == 1
+    assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
+    (stale,) = differs(res.stdout)
+    assert stale.split()[:4] == ["src/linflow/datasets", "prepare@line", "stale", "lock"]
+
+
+def test_a_git_tracked_output_missing_from_the_commit_fails(repo):
+    git(repo, "rm", "-q", "reports/line/loss_curve.png")
+    git(repo, "commit", "-qm", "drop a report")
+
+    res = verify(repo, "train@line")
+
+    assert res.returncode == 1
+    assert rows(res.stdout)[("reports/line/loss_curve.png", "train@line")][0] == "missing"
