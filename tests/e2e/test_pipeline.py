@@ -158,11 +158,17 @@ def test_changing_classification_lr_reruns_only_classification(repo):
     original = params.read_text()
     changed = yaml.safe_load(original)
     changed["train"]["classification"]["lr"] *= 2
+    runs_before = {ds: len(r) for ds, r in mlflow_runs(path).items()}
     try:
         params.write_text(yaml.safe_dump(changed))
         res = _run(["dvc", "repro"], path, pipeline_env())
     finally:
         params.write_text(original)
+    runs_b = {ds: len(r) for ds, r in mlflow_runs(path).items()}
+    assert runs_b == {**runs_before, "digits": runs_before["digits"] + 1}  # B adds one run
+    back = _run(["dvc", "repro"], path, pipeline_env())  # back to A: DVC's run cache
+    assert "Stage 'train@digits' is cached" in back.stdout
+    assert {ds: len(r) for ds, r in mlflow_runs(path).items()} == runs_b  # ... adds none
     ran = {
         line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")
     }
