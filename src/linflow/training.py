@@ -38,6 +38,9 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     seconds_per_epoch: list[float] = field(default_factory=list)
+    # With record_params: parameters after each epoch, row 0 = the initial ones.
+    trajectory_weight: np.ndarray | None = None  # (epochs_run + 1, k, d)
+    trajectory_bias: np.ndarray | None = None  # (epochs_run + 1, k)
 
     @property
     def epochs_run(self) -> int:
@@ -131,27 +134,36 @@ def fit(
     *,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     lr_bound: float | None = None,
+    record_params: bool = False,
 ) -> TrainResult:
     """Train `engine` by minibatch SGD for cfg.epochs (early stopping if cfg.patience).
 
     X (n, d), y (n,) float targets or int64 labels; the same for the val split.
+    cfg.batch_size 'full' (or >= n) takes one full-batch gradient step per epoch.
+    With `record_params`, the parameters after every epoch are kept in the result.
     Raises DivergenceError on a non-finite loss.
     """
     n = X.shape[0]
-    bs = cfg.batch_size
+    bs = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
     metric = "val_accuracy" if cfg.loss == "cross_entropy" else "val_rmse"
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     seconds: list[float] = []
     best = (math.inf, 0, engine.get_params())
+    trajectory = [engine.get_params()] if record_params else []
     stopped_early = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g)
-        total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, n, bs):
-            idx = perm[start : start + bs]
-            total += engine.step(X.index_select(0, idx), y.index_select(0, idx)) * idx.numel()
+        if bs == n:
+            # Full batch: the gradient is a mean over all rows, so the order is moot;
+            # skipping the shuffle and the copy keeps thousands of epochs cheap.
+            total = engine.step(X, y).double() * n
+        else:
+            perm = torch.randperm(n, generator=g)
+            total = torch.zeros((), dtype=torch.float64)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                total += engine.step(X.index_select(0, idx), y.index_select(0, idx)) * idx.numel()
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
         seconds.append(time.perf_counter() - t0)
@@ -167,6 +179,8 @@ def fit(
             )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, metric: val_metric}
         history.append(row)
+        if record_params:
+            trajectory.append(engine.get_params())
         if on_epoch is not None:
             on_epoch(row)
         if val_loss < best[0]:
@@ -185,4 +199,6 @@ def fit(
         best_epoch=best_epoch if cfg.patience else len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds,
+        trajectory_weight=torch.stack([w for w, _ in trajectory]).numpy() if trajectory else None,
+        trajectory_bias=torch.stack([b for _, b in trajectory]).numpy() if trajectory else None,
     )
