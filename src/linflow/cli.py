@@ -133,7 +133,7 @@ def cmd_train(args) -> None:
     if cfg.batch_size != "full" and cfg.batch_size > X.shape[0]:
         raise ConfigError(
             f"params.yaml: train.{ds.task}.batch_size must be <= the train split size "
-            f"({X.shape[0]} rows of {args.dataset}), got {cfg.batch_size}"
+            f"({X.shape[0]} rows of {args.dataset}) or 'full', got {cfg.batch_size}"
         )
     _check_device(params.train.device)
 
