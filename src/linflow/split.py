@@ -49,7 +49,7 @@ def split_indices(
         counts = _counts(members.size, val_f, test_f)
         wanted = [c for c, f in zip(counts, fractions, strict=True) if f > 0]
         if min(wanted) < 1:
-            what = "the data" if y is None else f"class {y[members[0]]!r}"
+            what = "the data" if y is None else f"class {y[members[0]].item()!r}"
             raise DataError(
                 f"split fractions {fractions} leave an empty split for {what} "
                 f"({members.size} rows -> train/val/test = {counts}); use larger fractions "

@@ -160,7 +160,10 @@ def save_weights(
     """Write weights as safetensors (byte-stable, loadable without pickle)."""
     from safetensors.numpy import save
 
-    data = save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}, dict(meta))
+    # safetensors keeps metadata in a hash map whose order varies per process:
+    # one key holding sorted JSON keeps the file's bytes stable.
+    packed = {"linflow": json.dumps(dict(meta), sort_keys=True)}
+    data = save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}, packed)
     write_bytes(path, data)
 
 
@@ -173,7 +176,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
         raise DataError(f"{path}: weights file not found (run the train stage)")
     try:
         with safe_open(str(path), framework="numpy") as fh:
-            meta = dict(fh.metadata() or {})
+            raw_meta = dict(fh.metadata() or {})
+            meta = json.loads(raw_meta["linflow"]) if "linflow" in raw_meta else raw_meta
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types
         raise DataError(f"{path}: not a readable safetensors file ({exc})") from None

@@ -1,0 +1,172 @@
+"""The real `dvc repro` in a temporary copy of the repo (slow: ~1 minute)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DATASETS = ("line", "synthetic", "diabetes", "digits")
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def copy_repo(dest: Path) -> Path:
+    """What a fresh clone holds: tracked + untracked-but-not-ignored files, as a new git repo."""
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    env = pipeline_env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        _run(cmd, dest, env)
+    return dest
+
+
+def pipeline_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env.setdefault("GIT_AUTHOR_NAME", "t")
+    env.setdefault("GIT_AUTHOR_EMAIL", "t@example.com")
+    env.setdefault("GIT_COMMITTER_NAME", "t")
+    env.setdefault("GIT_COMMITTER_EMAIL", "t@example.com")
+    return env
+
+
+def mlflow_runs(repo: Path) -> dict[str, list]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    out = {}
+    for ds in DATASETS:
+        exp = client.get_experiment_by_name(f"linflow-{ds}")
+        out[ds] = [] if exp is None else client.search_runs([exp.experiment_id])
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dest = copy_repo(tmp_path_factory.mktemp("repo"))
+    committed_lock = (dest / "dvc.lock").read_text()
+    res = _run(["dvc", "repro"], dest, pipeline_env())
+    return dest, committed_lock, res
+
+
+def test_every_output_exists(repo):
+    path, _, _ = repo
+    for ds in DATASETS:
+        assert (path / f"data/raw/{ds}.npz").is_file()
+        for f in ("train.npz", "val.npz", "test.npz", "scaler.json"):
+            assert (path / f"data/prepared/{ds}/{f}").is_file()
+        assert (path / f"models/{ds}/model.safetensors").is_file()
+        assert (path / f"models/{ds}/model.json").is_file()
+        for f in (
+            "history.csv",
+            "loss_curve.png",
+            "metrics.json",
+            "predictions.csv",
+            "predictions.png",
+        ):
+            assert (path / f"reports/{ds}/{f}").is_file(), f
+    summary = (path / "reports/summary.md").read_text()
+    assert all(f"| {ds} |" in summary for ds in DATASETS)
+
+
+def test_fresh_run_reproduces_the_committed_lock(repo):
+    path, committed_lock, _ = repo
+    assert (path / "dvc.lock").read_text() == committed_lock
+
+
+def test_default_params_reach_the_quality_bar(repo):
+    path, _, _ = repo
+    m = {
+        ds: json.loads((path / f"reports/{ds}/metrics.json").read_text())["test"] for ds in DATASETS
+    }
+    assert m["line"]["r2"] >= 0.97
+    assert m["synthetic"]["rmse"] <= 0.02
+    assert m["digits"]["accuracy"] >= 0.95
+    # diabetes: within 0.02 R^2 of scikit-learn's LinearRegression on the same split
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from linflow.split import apply_scaler
+
+    data = path / "data/prepared/diabetes"
+    scaler = json.loads((data / "scaler.json").read_text())
+    tr, te = np.load(data / "train.npz"), np.load(data / "test.npz")
+    ref = LinearRegression().fit(apply_scaler(tr["X"], scaler), tr["y"])
+    assert m["diabetes"]["r2"] >= ref.score(apply_scaler(te["X"], scaler), te["y"]) - 0.02
+
+
+def test_one_finished_run_per_dataset_with_full_history(repo):
+    path, _, _ = repo
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    for ds, runs in mlflow_runs(path).items():
+        assert len(runs) == 1, ds
+        run = runs[0]
+        assert run.info.status == "FINISHED"
+        card = json.loads((path / f"models/{ds}/model.json").read_text())
+        for key in ("train_loss", "val_loss"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == card["epochs_run"]
+        test_keys = ("test_rmse", "test_r2") if card["task"] == "regression" else ("test_accuracy",)
+        assert all(k in run.data.metrics for k in test_keys)
+        assert run.data.params["train.lr"] == str(card["train"]["lr"])
+
+
+def test_second_repro_changes_nothing_and_adds_no_run(repo):
+    path, _, _ = repo
+    before = {ds: len(r) for ds, r in mlflow_runs(path).items()}
+    res = _run(["dvc", "repro"], path, pipeline_env())
+    assert "Running stage" not in res.stdout
+    assert {ds: len(r) for ds, r in mlflow_runs(path).items()} == before
+    status = _run(["git", "status", "--porcelain"], path, pipeline_env()).stdout
+    assert status.strip() in ("", "?? mlflow.db") or "reports/" not in status, status
+
+
+def test_changing_classification_lr_reruns_only_classification(repo):
+    import yaml
+
+    path, _, _ = repo
+    params = path / "params.yaml"
+    original = params.read_text()
+    changed = yaml.safe_load(original)
+    changed["train"]["classification"]["lr"] *= 2
+    try:
+        params.write_text(yaml.safe_dump(changed))
+        res = _run(["dvc", "repro"], path, pipeline_env())
+    finally:
+        params.write_text(original)
+    ran = {
+        line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")
+    }
+    classification = {"digits", "fashion_mnist"}
+    assert "train@digits" in ran and "evaluate@digits" in ran and "report" in ran
+    assert all(s == "report" or s.split("@")[1] in classification for s in ran), ran
+    assert not any(s.startswith(("prepare@", "split@")) for s in ran), ran

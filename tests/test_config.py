@@ -1,0 +1,128 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from linflow.config import ConfigError, load_params, parse_params
+
+
+def _set(d: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = d
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return d
+
+
+def test_default_params_are_valid(base_params):
+    p = parse_params(base_params)
+    assert p.split.train + p.split.val + p.split.test == pytest.approx(1.0)
+    assert set(p.datasets) >= {"line", "synthetic", "diabetes", "digits"}
+
+
+BAD = [
+    ("train.regression.lr", -0.1, r"train\.regression\.lr must be a finite float > 0, got -0\.1$"),
+    ("train.regression.lr", 0.0, r"train\.regression\.lr must be a finite float > 0, got 0\.0$"),
+    ("train.regression.lr", float("nan"), r"lr must be a finite float > 0, got nan$"),
+    ("train.regression.lr", float("inf"), r"lr must be a finite float > 0, got inf$"),
+    ("train.classification.epochs", 2.5, r"epochs must be an integer >= 1, got 2\.5$"),
+    ("train.classification.epochs", True, r"epochs must be an integer >= 1, got True$"),
+    ("train.classification.batch_size", 0, r"batch_size must be an integer >= 1, got 0$"),
+    ("train.classification.lrr", 0.1, r"train\.classification\.lrr is not a known key"),
+    ("split.train", 0.8, r"split: train \+ val \+ test must sum to 1, got .* = 1\.1$"),
+    (
+        "datasets.line.source",
+        "mnist",
+        r"datasets\.line\.source must be one of line, .*got 'mnist'$",
+    ),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*32\), got -1$"),
+    ("seed", 2**32, r"seed must be an integer in \[0, 2\*\*32\), got 4294967296$"),
+    ("train.device", "tpu", r"train\.device must be one of 'cpu', 'cuda', got 'tpu'$"),
+    ("datasets.line.task", "classification", r"datasets\.line\.task must be 'regression'"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "match"), BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
+def test_bad_values_give_one_line_naming_key_value_and_allowed(params, key, value, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_params(_set(params, key, value))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_section_is_named(params):
+    del params["train"]["regression"]
+    with pytest.raises(ConfigError, match=r"train\.regression is required"):
+        parse_params(params)
+
+
+def test_config_is_frozen(base_params):
+    p = parse_params(base_params)
+    with pytest.raises(Exception, match="frozen"):
+        p.train.regression.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "file is empty"),
+        ("train: [1, 2\n", "not valid YAML at line"),
+        ("- 1\n", "must hold a mapping"),
+    ],
+)
+def test_unreadable_params_file(tmp_path, text, match):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_params(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+CLI_CASES = [
+    ("train.regression.lr", -0.1, "lr must be a finite float > 0, got -0.1"),
+    ("train.regression.epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
+    ("train.regression.epochs", True, "epochs must be an integer >= 1, got True"),
+    ("train.regression.learning_rate", 0.1, "learning_rate is not a known key"),
+    ("split.train", 0.8, "must sum to 1"),
+    ("datasets.line.source", "csv", "source must be one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"), CLI_CASES, ids=[c[0] + "=" + str(c[1]) for c in CLI_CASES]
+)
+@pytest.mark.parametrize("stage", ["prepare", "train"])
+def test_cli_exits_nonzero_with_one_line_and_writes_nothing(
+    tmp_path, params, key, value, message, stage
+):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(_set(params, key, value)))
+    out = tmp_path / "out"
+    if stage == "prepare":
+        args = ["prepare", "line", "--out", str(out / "line.npz")]
+    else:
+        args = [
+            "train",
+            "line",
+            "--data",
+            str(tmp_path / "nodata"),
+            "--model",
+            str(out / "m"),
+            "--reports",
+            str(out / "r"),
+        ]
+    res = subprocess.run(
+        [sys.executable, "-m", "linflow", "--params", str(bad), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"linflow {stage}: error: ") and message in lines[0]
+    assert not out.exists()

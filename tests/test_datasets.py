@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from linflow.config import parse_params
+from linflow.datasets import load_source, validate_arrays
+from linflow.storage import DataError
+
+
+@pytest.fixture
+def cfgs(base_params):
+    return parse_params(base_params).datasets
+
+
+def test_line_follows_y_3x_plus_1(cfgs):
+    raw = load_source("line", cfgs["line"], seed=0)
+    assert raw.X.shape == (100, 1) and raw.task == "regression"
+    w, b = np.polyfit(raw.X[:, 0], raw.y, 1)
+    assert w == pytest.approx(3.0, abs=0.1) and b == pytest.approx(1.0, abs=0.05)
+
+
+def test_synthetic_matches_d2l(cfgs):
+    raw = load_source("synthetic", cfgs["synthetic"], seed=0)
+    assert raw.X.shape == (1000, 2)
+    Xa = np.hstack([raw.X, np.ones((1000, 1))]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(Xa, raw.y.astype(np.float64), rcond=None)
+    np.testing.assert_allclose(coef, [2.0, -3.4, 4.2], atol=2e-3)
+
+
+def test_same_seed_same_bytes_other_seed_other_data(cfgs):
+    a = load_source("line", cfgs["line"], seed=0)
+    b = load_source("line", cfgs["line"], seed=0)
+    c = load_source("line", cfgs["line"], seed=1)
+    assert a.X.tobytes() == b.X.tobytes() and a.y.tobytes() == b.y.tobytes()
+    assert a.X.tobytes() != c.X.tobytes()
+
+
+def test_bundled_sets(cfgs):
+    d = load_source("diabetes", cfgs["diabetes"], seed=0)
+    assert d.X.shape == (442, 10) and d.task == "regression"
+    g = load_source("digits", cfgs["digits"], seed=0)
+    assert g.X.shape == (1797, 64) and g.X.min() == 0 and g.X.max() == 1
+    assert len(g.class_names) == 10 and set(np.unique(g.y)) == set(range(10))
+
+
+def _arrays(**over):
+    a = {
+        "task": np.array("classification"),
+        "X": np.zeros((4, 2), dtype=np.float32),
+        "y": np.array([0, 1, 2, 1]),
+        "class_names": np.array(["a", "b", "c"]),
+    }
+    a.update(over)
+    return a
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"X": np.array([[0.0, np.nan]] * 4, dtype=np.float32)}, "X has a non-finite value"),
+        ({"X": np.zeros((4, 2), dtype=np.complex64)}, "X must be a 2-D float or uint8 array"),
+        ({"y": np.array([0, 1, 3, 1])}, r"labels must be in \[0, 3\)"),
+        ({"y": np.array([0.0, 1.0, 2.0, 1.0])}, "classification labels must be integers"),
+        ({"task": np.array("regression")}, "regression targets must be floats"),
+        ({"y": np.array([0, 1])}, r"y must have shape \(4,\)"),
+    ],
+)
+def test_validate_arrays_rejects_bad_data(over, match):
+    with pytest.raises(DataError, match=match):
+        validate_arrays(_arrays(**over), "some.npz")

@@ -1,0 +1,192 @@
+"""The MLflow contract, through the real CLI against a temporary sqlite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from linflow.tracking import redact, repo_root
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def linflow(*args: str, params: Path | None = None, check: bool = True, **kw):
+    cmd = [sys.executable, "-m", "linflow"]
+    if params is not None:
+        cmd += ["--params", str(params)]
+    res = subprocess.run([*cmd, *args], capture_output=True, text=True, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(res.stderr)
+    return res
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """data/prepared/<ds> for line and digits, built by the real stages."""
+    base = tmp_path_factory.mktemp("data")
+    for ds in ("line", "digits"):
+        linflow("prepare", ds, "--out", str(base / f"{ds}.npz"), cwd=ROOT)
+        linflow("split", ds, "--raw", str(base / f"{ds}.npz"), "--out", str(base / ds), cwd=ROOT)
+    return base
+
+
+def _params(tmp_path: Path, base_params: dict, task: str, alias: str, **train) -> Path:
+    """params.yaml with dataset `alias` (a copy of line/digits): its own MLflow experiment."""
+    import copy
+
+    p = copy.deepcopy(base_params)
+    p["train"][task].update(train)
+    p["datasets"][alias] = p["datasets"]["line" if task == "regression" else "digits"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _runs(dataset: str):
+    client = _client()
+    exp = client.get_experiment_by_name(f"linflow-{dataset}")
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_repo_root_from_dvc_temp_experiment(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    exp_dir = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc123"
+    exp_dir.mkdir(parents=True)
+    (exp_dir / "dvc.yaml").write_text("stages: {}\n")
+    assert repo_root(exp_dir) == tmp_path.resolve()
+    assert repo_root(tmp_path) == tmp_path.resolve()
+
+
+def test_redact_hides_credentials():
+    assert redact("https://bob:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+    assert "abc" not in redact("http://h/?token=abc&x=1")
+
+
+def test_successful_train_logs_params_history_tags_and_artifacts(tmp_path, prepared, base_params):
+    params = _params(tmp_path, base_params, "regression", "line_ok", epochs=7)
+    linflow(
+        "train",
+        "line_ok",
+        "--data",
+        str(prepared / "line"),
+        "--model",
+        str(tmp_path / "m"),
+        "--reports",
+        str(tmp_path / "r"),
+        params=params,
+        cwd=ROOT,
+    )
+    (run,) = _runs("line_ok")
+    client = _client()
+    assert run.info.status == "FINISHED" and run.info.run_name == "line_ok-torch"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 7
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == list(
+        range(1, 8)
+    )
+    p = run.data.params
+    assert (
+        p["train.lr"] == str(base_params["train"]["regression"]["lr"])
+        and p["derived.n_train"] == "70"
+    )
+    assert "derived.lr_bound" in p
+    tags = run.data.tags
+    for key in (
+        "mlflow.source.git.commit",
+        "linflow.git_dirty",
+        "linflow.data_md5",
+        "torch.version",
+        "sklearn.version",
+        "mlflow.version",
+        "linflow.threads",
+        "linflow.device",
+        "linflow.weights_md5",
+    ):
+        assert key in tags, key
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.csv", "loss_curve.png", "model"} <= names
+
+
+def test_divergence_leaves_a_failed_run_with_reason_and_no_weights(tmp_path, prepared, base_params):
+    params = _params(tmp_path, base_params, "regression", "line_div", lr=1e4, epochs=50)
+    res = linflow(
+        "train",
+        "line_div",
+        "--data",
+        str(prepared / "line"),
+        "--model",
+        str(tmp_path / "m"),
+        "--reports",
+        str(tmp_path / "r"),
+        params=params,
+        check=False,
+        cwd=ROOT,
+    )
+    assert res.returncode == 1
+    assert "exceeds the full-batch stable step bound" in res.stderr  # warned before training
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("linflow train: error: training diverged") and "lr=10000.0" in err
+    assert "2/lambda_max" in err
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+    (run,) = _runs("line_div")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["linflow.failure"].startswith("training diverged")
+
+
+def test_sigterm_leaves_a_killed_run_and_no_weights(tmp_path, prepared, base_params):
+    params = _params(
+        tmp_path,
+        base_params,
+        "classification",
+        "digits_term",
+        epochs=100000,
+        patience=0,
+        batch_size=8,
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "linflow",
+            "--params",
+            str(params),
+            "train",
+            "digits_term",
+            "--data",
+            str(prepared / "digits"),
+            "--model",
+            str(tmp_path / "m"),
+            "--reports",
+            str(tmp_path / "r"),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        runs = _runs("digits_term")
+        if runs and _client().get_metric_history(runs[0].info.run_id, "train_loss"):
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("training never started logging")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "interrupted" in stderr
+    (run,) = _runs("digits_term")
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "m" / "model.safetensors").exists()
