@@ -56,13 +56,17 @@ def test_divergence_error_cites_the_bound():
         train(1e3, X, y, epochs=500, bound=bound)
 
 
-def test_full_batch_records_the_trajectory():
+@pytest.mark.parametrize(
+    ("every", "epochs", "expected"), [(1, 7, [0, 1, 2, 3, 4, 5, 6, 7]), (3, 7, [0, 3, 6, 7])]
+)
+def test_fit_records_the_trajectory_on_request(every, epochs, expected):
     X, y = data()
-    result = train(0.1, X, y, epochs=7)
-    cfg = RegressionTrain(lr=0.1, batch_size="full", epochs=7)
-    engine = make_engine("scratch", "regression", 3, 0, cfg, dtype=torch.float64)
-    recorded = fit(engine, X, y, X, y, cfg, record_params=True)
-    assert recorded.trajectory_weight.shape == (8, 1, 3)
-    assert recorded.trajectory_bias.shape == (8, 1)
-    np.testing.assert_array_equal(recorded.trajectory_weight[-1], result.weight)
+    result = train(0.1, X, y, epochs=epochs)
     assert result.trajectory_weight is None  # only on request
+    cfg = RegressionTrain(lr=0.1, batch_size="full", epochs=epochs)
+    engine = make_engine("scratch", "regression", 3, 0, cfg, dtype=torch.float64)
+    recorded = fit(engine, X, y, X, y, cfg, record_every=every)
+    assert recorded.trajectory_epoch.tolist() == expected
+    assert recorded.trajectory_weight.shape == (len(expected), 1, 3)
+    assert recorded.trajectory_bias.shape == (len(expected), 1)
+    np.testing.assert_array_equal(recorded.trajectory_weight[-1], result.weight)

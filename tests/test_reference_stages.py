@@ -93,6 +93,7 @@ def test_train_records_the_trajectory_and_the_bound(pipeline):
 
     card = read_json(pipeline / "model" / "model.json")
     traj = load_npz(pipeline / "model" / "trajectory.npz")
+    assert traj["epoch"].tolist() == list(range(card["epochs_run"] + 1))
     assert traj["weight"].shape == (card["epochs_run"] + 1, 1, 1)
     assert traj["bias"].shape == (card["epochs_run"] + 1, 1)
     assert 0.9 < card["lr_bound"] < 1.1  # x ~ U(-1, 1): lambda_max ~ 2

@@ -24,6 +24,7 @@ import numpy as np
 log = logging.getLogger("linflow")
 
 SPLITS = ("train", "val", "test")
+TRAJECTORY_POINTS = 1000
 
 
 # --- shared helpers -------------------------------------------------------------
@@ -217,7 +218,8 @@ def cmd_train(args) -> None:
             cfg,
             on_epoch=run.log_epoch,
             lr_bound=lr_bound,
-            record_params=True,
+            # At most ~TRAJECTORY_POINTS snapshots, so long runs keep a small file.
+            record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
         )
         seconds = time.perf_counter() - t0
         metric = next(k for k in result.history[0] if k.startswith("val_") and k != "val_loss")
@@ -263,11 +265,11 @@ def cmd_train(args) -> None:
             {"task": ds.task, "n_features": str(d), "n_outputs": str(k)},
         )
         write_json(model_dir / "model.json", card)
-        # Parameters after every epoch (row 0 = initial): compare plots how SGD
+        # Parameters along training (epoch 0 = initial): compare plots how SGD
         # approaches the reference. Kept with the model (DVC cache), not in git.
         save_npz(
             model_dir / "trajectory.npz",
-            epoch=np.arange(result.epochs_run + 1),
+            epoch=result.trajectory_epoch,
             weight=result.trajectory_weight,
             bias=result.trajectory_bias,
         )
@@ -568,9 +570,10 @@ def cmd_compare(args) -> None:
         )
         raise reference.ToleranceError(failure)
 
-    traj = load_npz(model_dir / "trajectory.npz", required=("weight",))
+    traj = load_npz(model_dir / "trajectory.npz", required=("epoch", "weight"))
     distance = reference.trajectory_distance(ds.task, traj["weight"], Wr)
     plots.distance_to_reference(
+        traj["epoch"],
         distance,
         reports / "distance_to_reference.png",
         f"{args.dataset}: ours ({card['impl']}, batch_size {card['train']['batch_size']}) "

@@ -89,11 +89,14 @@ def prediction_scatter(y: np.ndarray, y_hat: np.ndarray, path: str | Path, title
 
 
 def distance_to_reference(
-    distance: np.ndarray, path: str | Path, title: str, tolerance: float | None = None
+    epochs: np.ndarray,
+    distance: np.ndarray,
+    path: str | Path,
+    title: str,
+    tolerance: float | None = None,
 ) -> None:
-    """||W_epoch - W*|| / ||W*|| per epoch (epoch 0 = initial weights), log scale."""
+    """||W_epoch - W*|| / ||W*|| against epoch (0 = initial weights), log scale."""
     plt = _plt()
-    epochs = np.arange(distance.size)
     fig, ax = plt.subplots(figsize=(6, 4))
     # A distance of exactly 0 has no place on a log axis; float32 weights never get there.
     ax.plot(epochs, np.maximum(distance, 1e-12), label="ours vs reference")

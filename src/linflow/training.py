@@ -38,9 +38,10 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     seconds_per_epoch: list[float] = field(default_factory=list)
-    # With record_params: parameters after each epoch, row 0 = the initial ones.
-    trajectory_weight: np.ndarray | None = None  # (epochs_run + 1, k, d)
-    trajectory_bias: np.ndarray | None = None  # (epochs_run + 1, k)
+    # With record_every: the parameters at epochs 0 (initial), r, 2r, ... and the last.
+    trajectory_epoch: np.ndarray | None = None  # (m,)
+    trajectory_weight: np.ndarray | None = None  # (m, k, d)
+    trajectory_bias: np.ndarray | None = None  # (m, k)
 
     @property
     def epochs_run(self) -> int:
@@ -134,13 +135,14 @@ def fit(
     *,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     lr_bound: float | None = None,
-    record_params: bool = False,
+    record_every: int = 0,
 ) -> TrainResult:
     """Train `engine` by minibatch SGD for cfg.epochs (early stopping if cfg.patience).
 
     X (n, d), y (n,) float targets or int64 labels; the same for the val split.
     cfg.batch_size 'full' (or >= n) takes one full-batch gradient step per epoch.
-    With `record_params`, the parameters after every epoch are kept in the result.
+    With `record_every` = r > 0 the parameters after every r-th epoch (and the
+    initial and last ones) are kept in the result.
     Raises DivergenceError on a non-finite loss.
     """
     n = X.shape[0]
@@ -150,7 +152,7 @@ def fit(
     history: list[dict[str, float]] = []
     seconds: list[float] = []
     best = (math.inf, 0, engine.get_params())
-    trajectory = [engine.get_params()] if record_params else []
+    trajectory = [(0, *engine.get_params())] if record_every else []
     stopped_early = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -179,8 +181,8 @@ def fit(
             )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, metric: val_metric}
         history.append(row)
-        if record_params:
-            trajectory.append(engine.get_params())
+        if record_every and (epoch % record_every == 0 or epoch == cfg.epochs):
+            trajectory.append((epoch, *engine.get_params()))
         if on_epoch is not None:
             on_epoch(row)
         if val_loss < best[0]:
@@ -188,6 +190,8 @@ def fit(
         elif cfg.patience and epoch - best[1] >= cfg.patience:
             stopped_early = True
             break
+    if record_every and trajectory[-1][0] != len(history):  # stopped early between records
+        trajectory.append((len(history), *engine.get_params()))
     best_epoch = best[1]
     if cfg.patience:
         engine.set_params(*best[2])  # restore the best weights seen on validation
@@ -199,6 +203,9 @@ def fit(
         best_epoch=best_epoch if cfg.patience else len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds,
-        trajectory_weight=torch.stack([w for w, _ in trajectory]).numpy() if trajectory else None,
-        trajectory_bias=torch.stack([b for _, b in trajectory]).numpy() if trajectory else None,
+        trajectory_epoch=np.array([e for e, _, _ in trajectory]) if trajectory else None,
+        trajectory_weight=torch.stack([w for _, w, _ in trajectory]).numpy()
+        if trajectory
+        else None,
+        trajectory_bias=torch.stack([b for _, _, b in trajectory]).numpy() if trajectory else None,
     )
