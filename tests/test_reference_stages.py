@@ -122,6 +122,9 @@ def test_compare_passes_and_writes_its_outputs(pipeline, tmp_path):
     assert abs(doc["train_objective"]["rel_gap"]) < 1e-3
     for png in ("distance_to_reference.png", "reference_fit.png"):
         assert (reports / png).stat().st_size > 1000
+    distance = (reports / "distance.csv").read_text().splitlines()
+    assert distance[0] == "epoch,weight_rel_l2" and len(distance) == 1 + 151
+    assert float(distance[-1].split(",")[1]) == pytest.approx(doc["weight_rel_l2"])
     # the gaps went to the training run in MLflow
     from mlflow import MlflowClient
 

@@ -506,7 +506,15 @@ def cmd_compare(args) -> None:
     model_dir, reports, data = Path(args.model), Path(args.reports), Path(args.data)
 
     from linflow import plots, reference, tracking
-    from linflow.storage import DataError, file_md5, load_npz, load_weights, read_json, write_json
+    from linflow.storage import (
+        DataError,
+        file_md5,
+        load_npz,
+        load_weights,
+        read_json,
+        write_csv,
+        write_json,
+    )
 
     card = read_json(model_dir / "model.json")
     ref_path = Path(args.reference)
@@ -572,6 +580,11 @@ def cmd_compare(args) -> None:
 
     traj = load_npz(model_dir / "trajectory.npz", required=("epoch", "weight"))
     distance = reference.trajectory_distance(ds.task, traj["weight"], Wr)
+    write_csv(
+        reports / "distance.csv",
+        ["epoch", "weight_rel_l2"],
+        list(zip(traj["epoch"].tolist(), distance.tolist(), strict=True)),
+    )
     plots.distance_to_reference(
         traj["epoch"],
         distance,

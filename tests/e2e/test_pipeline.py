@@ -196,6 +196,6 @@ def test_default_params_pass_compare_within_the_issue_tolerances(repo):
     assert abs(c["digits"]["test"]["delta"]["accuracy"]) <= 0.01
     assert c["digits"]["agreement"] >= 0.97
     for ds in DATASETS:
-        for png in ("distance_to_reference.png", "reference_fit.png"):
+        for png in ("distance_to_reference.png", "reference_fit.png", "distance.csv"):
             assert (path / f"reports/{ds}/{png}").is_file()
         assert "seconds" not in (path / f"reports/{ds}/reference.json").read_text()
