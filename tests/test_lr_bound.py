@@ -45,6 +45,13 @@ def test_full_batch_descent_is_stable_just_below_the_bound_and_not_above(wd):
     assert above.history[-1]["train_loss"] > 10 * above.history[5]["train_loss"]
 
 
+@pytest.mark.parametrize("lr", [1e3, 50.0])
+def test_divergence_error_names_the_non_finite_loss(lr):
+    X, y = data()
+    with pytest.raises(DivergenceError, match=r"(loss|val loss) became (inf|nan) at epoch \d+"):
+        train(lr, X, y, epochs=500)
+
+
 def test_divergence_error_cites_the_bound():
     X, y = data()
     _, bound = lr_stability_bound(X.numpy())

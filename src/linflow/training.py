@@ -175,8 +175,13 @@ def fit(
                 if lr_bound is not None
                 else ""
             )
+            # Name the loss that is non-finite: the train loss is the epoch's running
+            # mean before the last step, so the validation loss can blow up first.
+            which, bad = (
+                ("loss", train_loss) if not math.isfinite(train_loss) else ("val loss", val_loss)
+            )
             raise DivergenceError(
-                f"training diverged: loss became {train_loss} at epoch {epoch} with "
+                f"training diverged: {which} became {bad} at epoch {epoch} with "
                 f"lr={cfg.lr}{hint}; lower lr"
             )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, metric: val_metric}
