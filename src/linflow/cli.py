@@ -25,6 +25,11 @@ log = logging.getLogger("linflow")
 
 SPLITS = ("train", "val", "test")
 TRAJECTORY_POINTS = 1000
+# How the primary references are named in titles and the summary.
+_REFERENCE_NAMES = {
+    "normal_equations": "normal equations",
+    "sklearn_logistic_regression": "LogisticRegression",
+}
 
 
 # --- shared helpers -------------------------------------------------------------
@@ -589,12 +594,14 @@ def cmd_compare(args) -> None:
         traj["epoch"],
         distance,
         reports / "distance_to_reference.png",
-        f"{args.dataset}: ours ({card['impl']}, batch_size {card['train']['batch_size']}) "
-        f"vs {ref_doc['primary']}",
+        f"{args.dataset}: ours ({card['impl']}, batch {card['train']['batch_size']}) "
+        f"vs {_REFERENCE_NAMES.get(ref_doc['primary'], ref_doc['primary'])}",
         tolerances.get("weight_rel_l2"),
     )
     fit_png = reports / "reference_fit.png"
-    title = f"{args.dataset}: ours vs {ref_doc['primary']}"
+    title = (
+        f"{args.dataset}: ours vs {_REFERENCE_NAMES.get(ref_doc['primary'], ref_doc['primary'])}"
+    )
     if ds.task == "regression" and W.shape[1] == 1:
         plots.reference_fit(
             None,
@@ -632,12 +639,6 @@ def cmd_compare(args) -> None:
         artifacts=[out, reports / "distance_to_reference.png", fit_png],
         tags={"linflow.compare": "pass"},
     )
-
-
-_REFERENCE_NAMES = {
-    "normal_equations": "normal equations",
-    "sklearn_logistic_regression": "LogisticRegression",
-}
 
 
 def _fmt_value(v) -> str:
