@@ -29,7 +29,12 @@ BAD = [
     ("train.regression.lr", float("inf"), r"lr must be a finite float > 0, got inf$"),
     ("train.classification.epochs", 2.5, r"epochs must be an integer >= 1, got 2\.5$"),
     ("train.classification.epochs", True, r"epochs must be an integer >= 1, got True$"),
-    ("train.classification.batch_size", 0, r"batch_size must be an integer >= 1, got 0$"),
+    (
+        "train.classification.batch_size",
+        0,
+        r"batch_size must be an integer >= 1, or 'full' for the whole train split "
+        r"\(full-batch gradient descent\), got 0$",
+    ),
     ("train.classification.lrr", 0.1, r"train\.classification\.lrr is not a known key"),
     ("split.train", 0.8, r"split: train \+ val \+ test must sum to 1, got .* = 1\.1$"),
     (
@@ -101,7 +106,8 @@ CLI_CASES = [
     (
         "train.regression.batch_size",
         0,
-        "train.regression.batch_size must be an integer >= 1, got 0",
+        "train.regression.batch_size must be an integer >= 1, or 'full' for the whole train "
+        "split (full-batch gradient descent), got 0",
     ),
     ("train.regression.epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
     ("train.regression.epochs", True, "epochs must be an integer >= 1, got True"),

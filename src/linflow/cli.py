@@ -24,6 +24,12 @@ import numpy as np
 log = logging.getLogger("linflow")
 
 SPLITS = ("train", "val", "test")
+TRAJECTORY_POINTS = 1000
+# How the primary references are named in titles and the summary.
+_REFERENCE_NAMES = {
+    "normal_equations": "normal equations",
+    "sklearn_logistic_regression": "LogisticRegression",
+}
 
 
 # --- shared helpers -------------------------------------------------------------
@@ -130,17 +136,17 @@ def cmd_train(args) -> None:
         raise ConfigError(
             f"{data}: holds {meta['task']} data but datasets.{args.dataset}.task is {ds.task}"
         )
-    if cfg.batch_size > X.shape[0]:
+    if cfg.batch_size != "full" and cfg.batch_size > X.shape[0]:
         raise ConfigError(
             f"params.yaml: train.{ds.task}.batch_size must be <= the train split size "
-            f"({X.shape[0]} rows of {args.dataset}), got {cfg.batch_size}"
+            f"({X.shape[0]} rows of {args.dataset}) or 'full', got {cfg.batch_size}"
         )
     _check_device(params.train.device)
 
     import torch
 
     from linflow import plots, tracking
-    from linflow.storage import file_md5, save_weights, write_csv, write_json
+    from linflow.storage import file_md5, save_npz, save_weights, write_csv, write_json
     from linflow.training import fit, lr_stability_bound, make_engine
 
     torch.set_num_threads(params.train.threads)
@@ -197,6 +203,7 @@ def cmd_train(args) -> None:
     run_name = f"{args.dataset}-{cfg.impl}" + (f"-{exp}" if exp else "")
     tags = {
         "linflow.dataset": args.dataset,
+        tracking.KIND_TAG: "training",
         "linflow.data_md5": file_md5(data / "train.npz"),
         "linflow.threads": str(params.train.threads),
         "linflow.device": params.train.device,
@@ -207,7 +214,18 @@ def cmd_train(args) -> None:
     }
     with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
         t0 = time.perf_counter()
-        result = fit(engine, Xt, yt, Xv, yv, cfg, on_epoch=run.log_epoch, lr_bound=lr_bound)
+        result = fit(
+            engine,
+            Xt,
+            yt,
+            Xv,
+            yv,
+            cfg,
+            on_epoch=run.log_epoch,
+            lr_bound=lr_bound,
+            # At most ~TRAJECTORY_POINTS snapshots, so long runs keep a small file.
+            record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
+        )
         seconds = time.perf_counter() - t0
         metric = next(k for k in result.history[0] if k.startswith("val_") and k != "val_loss")
         last = result.history[-1]
@@ -243,6 +261,8 @@ def cmd_train(args) -> None:
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            # Full-batch stable step bound 2/lambda_max (squared loss only), for the record.
+            "lr_bound": lr_bound,
         }
         save_weights(
             weights_path,
@@ -250,6 +270,14 @@ def cmd_train(args) -> None:
             {"task": ds.task, "n_features": str(d), "n_outputs": str(k)},
         )
         write_json(model_dir / "model.json", card)
+        # Parameters along training (epoch 0 = initial): compare plots how SGD
+        # approaches the reference. Kept with the model (DVC cache), not in git.
+        save_npz(
+            model_dir / "trajectory.npz",
+            epoch=result.trajectory_epoch,
+            weight=result.trajectory_weight,
+            bias=result.trajectory_bias,
+        )
         header = list(result.history[0])
         write_csv(reports / "history.csv", header, [[r[h] for h in header] for r in result.history])
         plots.loss_curve(
@@ -336,6 +364,289 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def _check_task(path: Path, found: str, dataset: str, task: str) -> None:
+    from linflow.config import ConfigError
+
+    if found != task:
+        raise ConfigError(f"{path}: holds {found} data but datasets.{dataset}.task is {task}")
+
+
+def cmd_reference(args) -> None:
+    params = _params(args)
+    ds = params.dataset(args.dataset)
+    cfg = params.train.for_task(ds.task)
+    data = Path(args.data)
+    X, y, meta = _load_split(data, "train")
+    X_test, y_test, _ = _load_split(data, "test")
+    _check_task(data, str(meta["task"]), args.dataset, ds.task)
+
+    import sklearn.linear_model  # noqa: F401  # imported here so fit times exclude it
+    from threadpoolctl import threadpool_limits
+
+    from linflow import reference, tracking
+    from linflow.config import ConfigError
+    from linflow.storage import DataError, file_md5, write_json
+
+    wd, n = cfg.weight_decay, X.shape[0]
+    fits: dict[str, reference.ReferenceFit] = {}
+    seconds: dict[str, float] = {}
+    extra: dict[str, dict] = {}
+    # One BLAS/OpenMP thread: the bytes of reference.json must not depend on the
+    # machine's core count (lbfgs took 192 vs 195 iterations on digits with 1 vs 2
+    # threads), and for these sizes threads only oversubscribe (lbfgs on digits:
+    # 0.19 s with 1 thread, 3.3 s with 2 while torch holds its own pool).
+    with threadpool_limits(1):
+        if ds.task == "regression":
+            todo = {
+                "normal_equations": lambda: reference.fit_normal_equations(X, y, wd),
+                "sklearn_linear_regression": lambda: reference.fit_sklearn_linear(X, y),
+                "sklearn_ridge": lambda: reference.fit_sklearn_ridge(X, y, wd),
+            }
+            extra["sklearn_ridge"] = {"alpha": reference.ridge_alpha(n, wd)}
+            extra["sklearn_linear_regression"] = {"note": "ordinary least squares, no decay"}
+        else:
+            k = len(meta["class_names"])
+            rc = params.reference
+            todo = {
+                "sklearn_logistic_regression": lambda: reference.fit_logistic_regression(
+                    X, y, k, wd, rc.max_iter, rc.tol
+                )
+            }
+            # C null means no penalty (weight_decay 0).
+            extra["sklearn_logistic_regression"] = {
+                "C": reference.logistic_C(n, wd, k),
+                "solver": "lbfgs",
+                "max_iter": rc.max_iter,
+                "tol": rc.tol,
+            }
+        for name, fit_ref in todo.items():
+            t0 = time.perf_counter()
+            try:
+                fits[name] = fit_ref()
+            except ValueError as exc:
+                raise DataError(f"{data}/train.npz: {name}: {exc}") from None
+            seconds[name] = time.perf_counter() - t0
+    primary = next(iter(fits))
+    for name, f in fits.items():
+        if not f.converged:
+            hint = (
+                "; with weight_decay 0 separable classes have no finite optimum, "
+                f"set train.{ds.task}.weight_decay > 0"
+                if wd == 0
+                else ""
+            )
+            raise ConfigError(
+                f"params.yaml: reference.max_iter={params.reference.max_iter} is too few: "
+                f"{name} did not converge to reference.tol={params.reference.tol:g} on "
+                f"{args.dataset}; raise reference.max_iter{hint}"
+            )
+    refs = {}
+    for name, f in fits.items():
+        train_loss, train_objective = reference.objective(X, y, f.weight, f.bias, cfg.loss, wd)
+        refs[name] = {
+            **extra.get(name, {}),
+            "weight": f.weight,
+            "bias": f.bias,
+            "train_loss": train_loss,
+            "train_objective": train_objective,
+            "test": reference.split_metrics(ds.task, X_test, y_test, f.weight, f.bias),
+            "rel_l2_to_primary": reference.relative_l2(f.weight, fits[primary].weight),
+        }
+        if f.n_iter is not None:
+            refs[name]["n_iter"] = f.n_iter
+    doc = {
+        "dataset": args.dataset,
+        "task": ds.task,
+        "loss": cfg.loss,
+        "weight_decay": wd,
+        "n_train": n,
+        "n_test": int(X_test.shape[0]),
+        "primary": primary,
+        "objective": (
+            "mean(loss) + (weight_decay / 2) * ||W||^2 on the train split (bias unpenalised)"
+        ),
+        "layout": "weight (n_outputs, n_features), bias (n_outputs,)",
+        "references": refs,
+    }
+    out = Path(args.out)
+    write_json(out, doc)
+    for name in fits:
+        scores = ", ".join(f"{k}={v:.5g}" for k, v in refs[name]["test"].items())
+        log.info(
+            "reference %s: %s fitted in %.4f s; test %s", args.dataset, name, seconds[name], scores
+        )
+
+    # The references get their own MLflow run in the dataset's experiment, with the
+    # same test metric names as training runs so the UI compares them side by side.
+    run_params = {
+        "dataset": args.dataset,
+        "task": ds.task,
+        "weight_decay": wd,
+        "n_train": n,
+        "primary": primary,
+        "reference": params.reference.model_dump(),
+        **{f"{name}.{k}": v for name, e in extra.items() for k, v in e.items()},
+    }
+    tags = {
+        "linflow.dataset": args.dataset,
+        tracking.KIND_TAG: "reference",
+        "linflow.data_md5": file_md5(data / "train.npz"),
+        "sklearn.version": _version("scikit-learn"),
+    }
+    with tracking.TrainingRun(args.dataset, f"{args.dataset}-reference", run_params, tags) as run:
+        run.log_metrics(
+            {
+                **{f"fit_seconds.{name}": s for name, s in seconds.items()},
+                **{f"test_{k}": v for k, v in refs[primary]["test"].items()},
+                "train_objective": refs[primary]["train_objective"],
+            }
+        )
+        run.log_artifacts([out])
+
+
+def cmd_compare(args) -> None:
+    params = _params(args)
+    ds = params.dataset(args.dataset)
+    cfg = params.train.for_task(ds.task)
+    model_dir, reports, data = Path(args.model), Path(args.reports), Path(args.data)
+
+    from linflow import plots, reference, tracking
+    from linflow.storage import (
+        DataError,
+        file_md5,
+        load_npz,
+        load_weights,
+        read_json,
+        write_csv,
+        write_json,
+    )
+
+    card = read_json(model_dir / "model.json")
+    ref_path = Path(args.reference)
+    ref_doc = read_json(ref_path)
+    weights_path = model_dir / card["weights"]["file"]
+    tensors, _ = load_weights(weights_path)
+    W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
+    X, y, meta = _load_split(data, "train")
+    X_test, y_test, _ = _load_split(data, "test")
+    _check_task(data, str(meta["task"]), args.dataset, ds.task)
+    for what, found in (("model", card["task"]), ("reference", ref_doc["task"])):
+        if found != ds.task:
+            raise DataError(
+                f"{model_dir if what == 'model' else ref_path}: {what} is for task {found}, "
+                f"datasets.{args.dataset}.task is {ds.task} (run dvc repro)"
+            )
+    wd = card["train"]["weight_decay"]
+    if ref_doc["weight_decay"] != wd or ref_doc["loss"] != card["loss"]:
+        raise DataError(
+            f"{ref_path}: fitted for weight_decay={ref_doc['weight_decay']}, "
+            f"loss={ref_doc['loss']} but {model_dir} was trained with weight_decay={wd}, "
+            f"loss={card['loss']} (run dvc repro)"
+        )
+    ref = ref_doc["references"][ref_doc["primary"]]
+    Wr, br = np.asarray(ref["weight"], dtype=np.float64), np.asarray(ref["bias"])
+    if Wr.shape != W.shape or X.shape[1] != W.shape[1]:
+        raise DataError(
+            f"{ref_path}: reference weights {Wr.shape}, model weights {W.shape} and "
+            f"{X.shape[1]} features in {data} do not match (run dvc repro)"
+        )
+
+    result = reference.compare_to_reference(
+        ds.task, card["loss"], wd, (W, b), (Wr, br), (X, y), (X_test, y_test)
+    )
+    tolerances = params.compare.for_task(ds.task).model_dump()
+    if card["loss"] == "mae":
+        # The closed form minimises squared loss; an MAE model is not meant to reach it.
+        log.warning(
+            "compare %s: loss mae: the least-squares reference is not its optimum; "
+            "weight_rel_l2 and train_objective_rel_gap are reported, not checked",
+            args.dataset,
+        )
+        tolerances.update(weight_rel_l2=None, train_objective_rel_gap=None)
+    checks = reference.check_tolerances(reference.gap_values(result), tolerances)
+    failure = reference.failure_message(args.dataset, ds.task, checks, cfg)
+    summary = ", ".join(
+        f"{n}={c['value']:.3g}"
+        + ("" if c["passed"] is None else (" ok" if c["passed"] else " FAIL"))
+        for n, c in checks.items()
+    )
+    log.info("compare %s vs %s: %s", args.dataset, ref_doc["primary"], summary)
+
+    weights_md5 = file_md5(weights_path)
+    mlflow_metrics = {f"ref_{n}": c["value"] for n, c in checks.items()}
+    mlflow_metrics |= {f"ref_test_{k}": v for k, v in result["test"]["reference"].items()}
+    mlflow_metrics["ref_train_loss_gap"] = result["train_loss"]["gap"]
+    if failure:
+        # Log the gaps first: the MLflow run shows why its comparison failed.
+        tracking.log_to_training_run(
+            args.dataset, weights_md5, metrics=mlflow_metrics, tags={"linflow.compare": "fail"}
+        )
+        raise reference.ToleranceError(failure)
+
+    traj = load_npz(model_dir / "trajectory.npz", required=("epoch", "weight"))
+    distance = reference.trajectory_distance(ds.task, traj["weight"], Wr)
+    write_csv(
+        reports / "distance.csv",
+        ["epoch", "weight_rel_l2"],
+        list(zip(traj["epoch"].tolist(), distance.tolist(), strict=True)),
+    )
+    plots.distance_to_reference(
+        traj["epoch"],
+        distance,
+        reports / "distance_to_reference.png",
+        f"{args.dataset}: ours ({card['impl']}, batch {card['train']['batch_size']}) "
+        f"vs {_REFERENCE_NAMES.get(ref_doc['primary'], ref_doc['primary'])}",
+        tolerances.get("weight_rel_l2"),
+    )
+    fit_png = reports / "reference_fit.png"
+    title = (
+        f"{args.dataset}: ours vs {_REFERENCE_NAMES.get(ref_doc['primary'], ref_doc['primary'])}"
+    )
+    if ds.task == "regression" and W.shape[1] == 1:
+        plots.reference_fit(
+            None,
+            None,
+            fit_png,
+            title,
+            x=X[:, 0],
+            y=y,
+            lines=((float(W[0, 0]), float(b[0])), (float(Wr[0, 0]), float(br[0]))),
+        )
+    else:
+        from linflow.metrics import predict_linear
+
+        ours_out = predict_linear(X_test, W, b)
+        ref_out = predict_linear(X_test, Wr, br)
+        if ds.task == "classification":  # logits are comparable only after centring
+            ours_out = ours_out - ours_out.mean(axis=1, keepdims=True)
+            ref_out = ref_out - ref_out.mean(axis=1, keepdims=True)
+        plots.reference_fit(ours_out, ref_out, fit_png, title)
+    doc = {
+        "dataset": args.dataset,
+        "task": ds.task,
+        "impl": card["impl"],
+        "reference": ref_doc["primary"],
+        **result,
+        "checks": checks,
+        "passed": True,
+    }
+    out = reports / "compare.json"
+    write_json(out, doc)
+    tracking.log_to_training_run(
+        args.dataset,
+        weights_md5,
+        metrics=mlflow_metrics,
+        artifacts=[out, reports / "distance_to_reference.png", fit_png],
+        tags={"linflow.compare": "pass"},
+    )
+
+
+def _fmt_value(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
+
+
 def cmd_report(args) -> None:
     from linflow.storage import read_json, write_text
 
@@ -343,23 +654,52 @@ def cmd_report(args) -> None:
     lines = [
         "# linflow summary",
         "",
-        "Test-split metrics per dataset (written by `linflow report`; do not edit).",
+        "Test-split metrics per dataset, ours against the reference fitted on the same "
+        "train split (written by `linflow report`; do not edit).",
         "",
-        "| dataset | task | model | params | n_test | metric | value |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+        "| dataset | task | model | params | n_test | reference | metric | ours | reference "
+        "| delta |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    gaps = [
+        "",
+        "## Gaps to the reference",
+        "",
+        "Checked against params.yaml `compare:` (compare fails the pipeline on a miss, "
+        "so a written summary means every checked gap passed; `n/a` = reported only).",
+        "",
+        "| dataset | gap | value | bound | tolerance | result |",
+        "| --- | --- | ---: | --- | ---: | --- |",
     ]
     for name in args.datasets:
         m = read_json(reports / name / "metrics.json")
+        c = read_json(reports / name / "compare.json")
         model = "LinearRegression" if m["task"] == "regression" else "SoftmaxRegression"
+        ref = _REFERENCE_NAMES.get(c["reference"], c["reference"])
         keys = ("rmse", "r2", "mae") if m["task"] == "regression" else ("accuracy", "cross_entropy")
         for i, key in enumerate(keys):
             head = (
-                f"| {name} | {m['task']} | {model} | {m['n_params']} | {m['n_test']} |"
+                f"| {name} | {m['task']} | {model} | {m['n_params']} | {m['n_test']} | {ref} |"
                 if i == 0
-                else "| | | | | |"
+                else "| | | | | | |"
             )
-            lines.append(f"{head} {key} | {m['test'][key]:.4f} |")
-    write_text(args.out, "\n".join(lines) + "\n")
+            delta = c["test"]["delta"][key]
+            lines.append(
+                f"{head} {key} | {m['test'][key]:.4f} | {c['test']['reference'][key]:.4f} "
+                f"| {delta:+.4f} |"
+                if abs(delta) >= 5e-5 or delta == 0
+                else f"{head} {key} | {m['test'][key]:.4f} | {c['test']['reference'][key]:.4f} "
+                f"| {delta:+.1e} |"
+            )
+        for j, (gap, check) in enumerate(c["checks"].items()):
+            result = {True: "pass", False: "FAIL", None: "reported"}[check["passed"]]
+            bound = "<=" if check["bound"] == "max" else ">="
+            lines_gap = (
+                f"| {name if j == 0 else ''} | {gap} | {_fmt_value(check['value'])} | {bound} "
+                f"| {_fmt_value(check['tolerance'])} | {result} |"
+            )
+            gaps.append(lines_gap)
+    write_text(args.out, "\n".join(lines + gaps) + "\n")
     log.info("report: %d datasets -> %s", len(args.datasets), args.out)
 
 
@@ -403,6 +743,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", required=True, help="model folder")
         s.add_argument("--reports", required=True, help="reports folder of the dataset")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("reference", help="fit the closed-form / classical references")
+    s.add_argument("dataset")
+    s.add_argument("--data", required=True, help="prepared split folder")
+    s.add_argument("--out", required=True, help="reference json to write")
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("compare", help="gaps between the trained model and the reference")
+    s.add_argument("dataset")
+    s.add_argument("--data", required=True, help="prepared split folder")
+    s.add_argument("--model", required=True, help="model folder")
+    s.add_argument("--reference", required=True, help="reference json")
+    s.add_argument("--reports", required=True, help="reports folder of the dataset")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser(
         "verify",
@@ -461,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Divergence and tracking errors are user-facing too; import lazily to keep --help light.
         name = type(exc).__name__
-        if name in ("DivergenceError", "TrackingError"):
+        if name in ("DivergenceError", "TrackingError", "ToleranceError"):
             print(f"linflow {args.stage}: error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -13,13 +13,16 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ConfigError",
     "Params",
     "DatasetConfig",
     "TrainConfig",
+    "CompareTolerances",
+    "ReferenceConfig",
     "MetricTolerance",
     "VerifySection",
     "load_params",
@@ -44,6 +47,29 @@ Fraction = Annotated[float, _allowed("a float in (0, 1)", gt=0, lt=1, allow_inf_
 PosInt = Annotated[int, _allowed("an integer >= 1", ge=1)]
 NonNegInt = Annotated[int, _allowed("an integer >= 0", ge=0)]
 Seed = Annotated[int, _allowed("an integer in [0, 2**32)", ge=0, lt=2**32)]
+# A tolerance may be null: the gap is still computed and reported, but not checked.
+Tolerance = Annotated[
+    Annotated[float, Field(ge=0, allow_inf_nan=False)] | None,
+    _allowed("a finite float >= 0, or null to report without checking"),
+]
+Share = Annotated[
+    Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None,
+    _allowed("a float in [0, 1], or null to report without checking"),
+]
+
+
+def _batch_size(value: Any) -> int | str:
+    # A plain validator (not int | Literal) so a bad value gives one error, not one per member.
+    if value == "full" or (type(value) is int and value >= 1):
+        return value
+    raise PydanticCustomError("batch_size", "not an integer >= 1 or 'full'")
+
+
+BatchSize = Annotated[
+    int | str,
+    PlainValidator(_batch_size),
+    _allowed("an integer >= 1, or 'full' for the whole train split (full-batch gradient descent)"),
+]
 
 
 class _Strict(BaseModel):
@@ -151,7 +177,7 @@ class TrainConfig(_Strict):
         "one of 'mse', 'mae' (regression) or 'cross_entropy' (classification)"
     )
     lr: PosFloat
-    batch_size: PosInt
+    batch_size: BatchSize
     epochs: PosInt
     weight_decay: NonNegFloat = 0.0
     # Early stopping on validation loss: stop after `patience` epochs without
@@ -178,6 +204,47 @@ class TrainSection(_Strict):
 
     def for_task(self, task: str) -> TrainConfig:
         return self.regression if task == "regression" else self.classification
+
+
+# --- reference and compare -------------------------------------------------------
+
+
+class ReferenceConfig(_Strict):
+    """Solver settings of the classical references (the regression ones are exact)."""
+
+    # LogisticRegression (lbfgs) must converge: a ConvergenceWarning fails the stage.
+    max_iter: PosInt = 5000
+    tol: PosFloat = 1e-8
+
+
+class RegressionTolerances(_Strict):
+    # ||W - W*|| / ||W*|| over the feature weights (not the bias).
+    weight_rel_l2: Tolerance = 1e-3
+    # (objective(ours) - objective(reference)) / objective(reference) on the train split.
+    train_objective_rel_gap: Tolerance = 1e-3
+    # |R2(ours) - R2(reference)| on the test split.
+    test_r2_delta: Tolerance = 0.005
+
+
+class ClassificationTolerances(_Strict):
+    # After centring each feature's weights across classes.
+    weight_rel_l2: Tolerance = None
+    train_objective_rel_gap: Tolerance = None
+    # |accuracy(ours) - accuracy(reference)| on the test split.
+    test_accuracy_delta: Tolerance = 0.01
+    # Lowest allowed share of test rows on which both predict the same class.
+    min_agreement: Share = 0.97
+
+
+class CompareConfig(_Strict):
+    regression: RegressionTolerances = RegressionTolerances()
+    classification: ClassificationTolerances = ClassificationTolerances()
+
+    def for_task(self, task: str) -> RegressionTolerances | ClassificationTolerances:
+        return self.regression if task == "regression" else self.classification
+
+
+CompareTolerances = RegressionTolerances | ClassificationTolerances
 
 
 # --- verify -------------------------------------------------------------------
@@ -231,6 +298,8 @@ class Params(_Strict):
     ]
     split: SplitConfig = SplitConfig()
     train: TrainSection
+    reference: ReferenceConfig = ReferenceConfig()
+    compare: CompareConfig = CompareConfig()
     verify: VerifySection = VerifySection()
 
     @model_validator(mode="after")

@@ -9,7 +9,13 @@ import numpy as np
 
 from linflow.storage import atomic_path
 
-__all__ = ["loss_curve", "confusion_png", "prediction_scatter"]
+__all__ = [
+    "loss_curve",
+    "confusion_png",
+    "prediction_scatter",
+    "distance_to_reference",
+    "reference_fit",
+]
 
 
 def _plt():
@@ -78,5 +84,69 @@ def prediction_scatter(y: np.ndarray, y_hat: np.ndarray, path: str | Path, title
     ax.set_ylabel("predicted")
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def distance_to_reference(
+    epochs: np.ndarray,
+    distance: np.ndarray,
+    path: str | Path,
+    title: str,
+    tolerance: float | None = None,
+) -> None:
+    """||W_epoch - W*|| / ||W*|| against epoch (0 = initial weights), log scale."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    # A distance of exactly 0 has no place on a log axis; float32 weights never get there.
+    ax.plot(epochs, np.maximum(distance, 1e-12), label="ours vs reference")
+    if tolerance is not None and tolerance > 0:
+        ax.axhline(tolerance, color="black", ls="--", lw=1, label=f"tolerance {tolerance:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("||W - W*|| / ||W*||")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reference_fit(
+    ours: np.ndarray,
+    ref: np.ndarray,
+    path: str | Path,
+    title: str,
+    *,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    lines: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> None:
+    """Our model against the reference.
+
+    With one feature (`x`, `y`, `lines` = ((w, b) ours, (w, b) reference)): the data
+    with both fitted lines. Otherwise: the reference's outputs against ours on the
+    test split (`ref`, `ours` of equal shape) with the identity line.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if lines is not None:
+        ax.scatter(x, y, s=10, alpha=0.5, color="tab:gray", label="train data")
+        grid = np.linspace(float(x.min()), float(x.max()), 2)
+        (w, b), (wr, br) = lines
+        ax.plot(grid, w * grid + b, lw=3, alpha=0.6, label=f"ours: y = {w:.4f} x + {b:.4f}")
+        ax.plot(grid, wr * grid + br, "k--", lw=1, label=f"closed form: y = {wr:.4f} x + {br:.4f}")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    else:
+        ref, ours = np.ravel(ref), np.ravel(ours)
+        ax.scatter(ref, ours, s=8, alpha=0.5)
+        lo, hi = float(min(ref.min(), ours.min())), float(max(ref.max(), ours.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ours = reference")
+        ax.set_xlabel("reference output (test split)")
+        ax.set_ylabel("our output (test split)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

@@ -38,6 +38,9 @@ __all__ = [
 
 WEIGHTS_TAG = "linflow.weights_md5"
 FAILURE_TAG = "linflow.failure"
+KIND_TAG = "linflow.kind"  # 'training' or 'reference'
+EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
+EPOCH_FLUSH_S = 2.0
 
 
 class TrackingError(RuntimeError):
@@ -164,6 +167,10 @@ class TrainingRun:
         self.tags = dict(tags)
         self.client = None
         self.run_id: str | None = None
+        # Per-epoch metrics are buffered and sent in batches: one store round trip per
+        # epoch (~6 ms on sqlite) would dominate full-batch training of thousands of epochs.
+        self._pending: list = []
+        self._last_flush = time.monotonic()
 
     def __enter__(self) -> TrainingRun:
         from mlflow.entities import Param
@@ -186,9 +193,28 @@ class TrainingRun:
         return self
 
     def log_epoch(self, row: Mapping[str, float]) -> None:
-        """One call per epoch: every value of `row` at step = row['epoch']."""
+        """One call per epoch: every value of `row` at step = row['epoch'].
+
+        Buffered: sent when EPOCH_BATCH metrics are pending or EPOCH_FLUSH_S seconds
+        have passed (so the UI still follows a long run), and when the run ends.
+        """
+        from mlflow.entities import Metric
+
         step = int(row["epoch"])
-        self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+        ts = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), ts, step) for k, v in row.items() if k != "epoch"]
+        if (
+            len(self._pending) >= EPOCH_BATCH
+            or time.monotonic() - self._last_flush >= EPOCH_FLUSH_S
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered per-epoch metrics."""
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        for i in range(0, len(pending), EPOCH_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[i : i + EPOCH_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -219,6 +245,13 @@ class TrainingRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:
             return False
+        try:
+            self.flush()  # the curves up to a failure are worth keeping too
+        except Exception as flush_exc:
+            if exc is None:
+                self._end("FAILED", f"could not log metrics: {_one_line(flush_exc)}")
+                raise _wrap(flush_exc) from None
+            log.warning("could not log the last epochs to MLflow: %s", _one_line(flush_exc))
         if exc is None:
             self._end("FINISHED")
         elif isinstance(exc, (KeyboardInterrupt, Interrupted)):

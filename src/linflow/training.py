@@ -38,6 +38,10 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     seconds_per_epoch: list[float] = field(default_factory=list)
+    # With record_every: the parameters at epochs 0 (initial), r, 2r, ... and the last.
+    trajectory_epoch: np.ndarray | None = None  # (m,)
+    trajectory_weight: np.ndarray | None = None  # (m, k, d)
+    trajectory_bias: np.ndarray | None = None  # (m, k)
 
     @property
     def epochs_run(self) -> int:
@@ -131,27 +135,37 @@ def fit(
     *,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     lr_bound: float | None = None,
+    record_every: int = 0,
 ) -> TrainResult:
     """Train `engine` by minibatch SGD for cfg.epochs (early stopping if cfg.patience).
 
     X (n, d), y (n,) float targets or int64 labels; the same for the val split.
+    cfg.batch_size 'full' (or >= n) takes one full-batch gradient step per epoch.
+    With `record_every` = r > 0 the parameters after every r-th epoch (and the
+    initial and last ones) are kept in the result.
     Raises DivergenceError on a non-finite loss.
     """
     n = X.shape[0]
-    bs = cfg.batch_size
+    bs = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
     metric = "val_accuracy" if cfg.loss == "cross_entropy" else "val_rmse"
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     seconds: list[float] = []
     best = (math.inf, 0, engine.get_params())
+    trajectory = [(0, *engine.get_params())] if record_every else []
     stopped_early = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g)
-        total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, n, bs):
-            idx = perm[start : start + bs]
-            total += engine.step(X.index_select(0, idx), y.index_select(0, idx)) * idx.numel()
+        if bs == n:
+            # Full batch: the gradient is a mean over all rows, so the order is moot;
+            # skipping the shuffle and the copy keeps thousands of epochs cheap.
+            total = engine.step(X, y).double() * n
+        else:
+            perm = torch.randperm(n, generator=g)
+            total = torch.zeros((), dtype=torch.float64)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                total += engine.step(X.index_select(0, idx), y.index_select(0, idx)) * idx.numel()
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
         seconds.append(time.perf_counter() - t0)
@@ -161,12 +175,19 @@ def fit(
                 if lr_bound is not None
                 else ""
             )
+            # Name the loss that is non-finite: the train loss is the epoch's running
+            # mean before the last step, so the validation loss can blow up first.
+            which, bad = (
+                ("loss", train_loss) if not math.isfinite(train_loss) else ("val loss", val_loss)
+            )
             raise DivergenceError(
-                f"training diverged: loss became {train_loss} at epoch {epoch} with "
+                f"training diverged: {which} became {bad} at epoch {epoch} with "
                 f"lr={cfg.lr}{hint}; lower lr"
             )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, metric: val_metric}
         history.append(row)
+        if record_every and (epoch % record_every == 0 or epoch == cfg.epochs):
+            trajectory.append((epoch, *engine.get_params()))
         if on_epoch is not None:
             on_epoch(row)
         if val_loss < best[0]:
@@ -174,6 +195,8 @@ def fit(
         elif cfg.patience and epoch - best[1] >= cfg.patience:
             stopped_early = True
             break
+    if record_every and trajectory[-1][0] != len(history):  # stopped early between records
+        trajectory.append((len(history), *engine.get_params()))
     best_epoch = best[1]
     if cfg.patience:
         engine.set_params(*best[2])  # restore the best weights seen on validation
@@ -185,4 +208,9 @@ def fit(
         best_epoch=best_epoch if cfg.patience else len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds,
+        trajectory_epoch=np.array([e for e, _, _ in trajectory]) if trajectory else None,
+        trajectory_weight=torch.stack([w for _, w, _ in trajectory]).numpy()
+        if trajectory
+        else None,
+        trajectory_bias=torch.stack([b for _, _, b in trajectory]).numpy() if trajectory else None,
     )

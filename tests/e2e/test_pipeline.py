@@ -10,17 +10,21 @@ import pytest
 from .helpers import DATASETS, clone_reproduced, pipeline_env
 from .helpers import run as _run
 
+KINDS = ("training", "reference")
+
 pytestmark = pytest.mark.slow
 
 
-def mlflow_runs(repo: Path) -> dict[str, list]:
+def mlflow_runs(repo: Path, kind: str = "training") -> dict[str, list]:
+    """Runs per dataset of one kind: 'training', or 'reference' (the references' fit)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     out = {}
     for ds in DATASETS:
         exp = client.get_experiment_by_name(f"linflow-{ds}")
-        out[ds] = [] if exp is None else client.search_runs([exp.experiment_id])
+        where = f"tags.`linflow.kind` = '{kind}'"
+        out[ds] = [] if exp is None else client.search_runs([exp.experiment_id], where)
     return out
 
 
@@ -92,14 +96,21 @@ def test_one_finished_run_per_dataset_with_full_history(repo):
         test_keys = ("test_rmse", "test_r2") if card["task"] == "regression" else ("test_accuracy",)
         assert all(k in run.data.metrics for k in test_keys)
         assert run.data.params["train.lr"] == str(card["train"]["lr"])
+        # compare added the gaps to the reference to this training run
+        assert run.data.tags["linflow.compare"] == "pass"
+        assert "ref_weight_rel_l2" in run.data.metrics
+    for ds, runs in mlflow_runs(path, "reference").items():
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED", ds
+        assert any(k.startswith("fit_seconds.") for k in runs[0].data.metrics)
 
 
 def test_second_repro_changes_nothing_and_adds_no_run(repo):
     path, _, _ = repo
-    before = {ds: len(r) for ds, r in mlflow_runs(path).items()}
+    before = {(k, ds): len(r) for k in KINDS for ds, r in mlflow_runs(path, k).items()}
     res = _run(["dvc", "repro"], path, pipeline_env())
     assert "Running stage" not in res.stdout
-    assert {ds: len(r) for ds, r in mlflow_runs(path).items()} == before
+    after = {(k, ds): len(r) for k in KINDS for ds, r in mlflow_runs(path, k).items()}
+    assert after == before
     status = _run(["git", "status", "--porcelain"], path, pipeline_env()).stdout
     assert status.strip() in ("", "?? mlflow.db") or "reports/" not in status, status
 
@@ -112,11 +123,17 @@ def test_changing_classification_lr_reruns_only_classification(repo):
     original = params.read_text()
     changed = yaml.safe_load(original)
     changed["train"]["classification"]["lr"] *= 2
+    runs_before = {ds: len(r) for ds, r in mlflow_runs(path).items()}
     try:
         params.write_text(yaml.safe_dump(changed))
         res = _run(["dvc", "repro"], path, pipeline_env())
     finally:
         params.write_text(original)
+    runs_b = {ds: len(r) for ds, r in mlflow_runs(path).items()}
+    assert runs_b == {**runs_before, "digits": runs_before["digits"] + 1}  # B adds one run
+    back = _run(["dvc", "repro"], path, pipeline_env())  # back to A: DVC's run cache
+    assert "Stage 'train@digits' is cached" in back.stdout
+    assert {ds: len(r) for ds, r in mlflow_runs(path).items()} == runs_b  # ... adds none
     ran = {
         line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")
     }
@@ -124,3 +141,22 @@ def test_changing_classification_lr_reruns_only_classification(repo):
     assert "train@digits" in ran and "evaluate@digits" in ran and "report" in ran
     assert all(s == "report" or s.split("@")[1] in classification for s in ran), ran
     assert not any(s.startswith(("prepare@", "split@")) for s in ran), ran
+
+
+def test_default_params_pass_compare_within_the_issue_tolerances(repo):
+    """Issue 3, must hold #2: every default dataset is close to its reference."""
+    path, _, _ = repo
+    c = {ds: json.loads((path / f"reports/{ds}/compare.json").read_text()) for ds in DATASETS}
+    assert all(doc["passed"] for doc in c.values())
+    assert c["line"]["reference"] == c["synthetic"]["reference"] == "normal_equations"
+    assert c["line"]["weight_rel_l2"] <= 1e-3
+    assert c["synthetic"]["weight_rel_l2"] <= 1e-3
+    assert c["diabetes"]["weight_rel_l2"] <= 1e-2
+    assert abs(c["diabetes"]["test"]["delta"]["r2"]) <= 0.005
+    assert c["digits"]["reference"] == "sklearn_logistic_regression"
+    assert abs(c["digits"]["test"]["delta"]["accuracy"]) <= 0.01
+    assert c["digits"]["agreement"] >= 0.97
+    for ds in DATASETS:
+        for png in ("distance_to_reference.png", "reference_fit.png", "distance.csv"):
+            assert (path / f"reports/{ds}/{png}").is_file()
+        assert "seconds" not in (path / f"reports/{ds}/reference.json").read_text()

@@ -1,0 +1,375 @@
+"""The classical solutions a trained model is checked against, and the checks.
+
+Every reference minimises the model's own training objective on the same
+(standardised) train split, so "how far is SGD from the optimum" has an exact
+answer. With ``wd`` the weight decay (torch SGD style, on W only; see
+``linflow.scratch``) the objectives are::
+
+    regression      J(W, b) = mean((X W^T + b - y)^2) + (wd / 2) ||W||^2
+    classification  J(W, b) = mean(-log softmax(X W^T + b)_y) + (wd / 2) ||W||^2
+
+- Regression: the normal-equation solution (least squares on the centred
+  data, solved by SVD-based lstsq, never an explicit inverse), scikit-learn's
+  ``LinearRegression`` and ``Ridge`` with ``alpha`` mapped from ``wd``.
+- Classification: scikit-learn's multinomial ``LogisticRegression`` (lbfgs)
+  with ``C`` mapped from ``wd``; it must converge.
+
+Softmax weights are defined only up to adding the same vector to every class
+row (the probabilities do not change), so classification weights are compared
+after centring each feature's weights across classes.
+
+Pure: arrays in, arrays and dicts out; no files, no MLflow. Weights use the
+layout ``W (n_outputs, n_features)``, ``b (n_outputs,)`` everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from linflow.metrics import log_softmax, predict_linear, regression_metrics
+
+__all__ = [
+    "ToleranceError",
+    "ReferenceFit",
+    "ridge_alpha",
+    "logistic_C",
+    "fit_normal_equations",
+    "fit_sklearn_linear",
+    "fit_sklearn_ridge",
+    "fit_logistic_regression",
+    "centre_softmax",
+    "relative_l2",
+    "objective",
+    "split_metrics",
+    "compare_to_reference",
+    "gap_values",
+    "check_tolerances",
+    "failure_message",
+    "trajectory_distance",
+]
+
+
+class ToleranceError(ValueError):
+    """A gap to the reference exceeds its tolerance; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ReferenceFit:
+    """A fitted reference: W (k, d), b (k,), and solver facts."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    n_iter: int | None = None
+    converged: bool = True
+
+
+# --- the weight-decay mappings --------------------------------------------------
+
+
+def ridge_alpha(n_train: int, weight_decay: float) -> float:
+    """Ridge's alpha for our regression objective.
+
+    Ridge minimises ``||y - X w - b||^2 + alpha ||w||^2`` (a sum over rows, the
+    intercept unpenalised). Multiplying J by n (which does not move the minimiser):
+    ``n J = ||y - X w - b||^2 + (n wd / 2) ||w||^2``, hence ``alpha = n wd / 2``.
+    """
+    return n_train * weight_decay / 2.0
+
+
+def logistic_C(n_train: int, weight_decay: float, n_classes: int) -> float:
+    """LogisticRegression's C for our classification objective (math.inf: no penalty).
+
+    scikit-learn's lbfgs objective (sklearn/linear_model/_logistic.py, 1.8+) is
+    ``C * sum_i CE_i + (1/2) ||W||^2`` with the intercept unpenalised. Dividing
+    by C n: ``mean CE + (1 / (2 C n)) ||W||^2``, equal to J when
+    ``1 / (C n) = wd``, i.e. ``C = 1 / (n wd)``.
+
+    Two classes are special: scikit-learn then fits one binary weight vector
+    v = w_1 - w_0 with penalty ``(1/2) ||v||^2``, while our penalty at the
+    (centred) optimum W = [-v/2, v/2] is ``(wd / 2) ||v||^2 / 2``; matching gives
+    ``C = 2 / (n wd)``.
+    """
+    if weight_decay == 0:
+        return math.inf  # sklearn >= 1.8 spells penalty=None as C=np.inf
+    factor = 2.0 if n_classes == 2 else 1.0
+    return factor / (n_train * weight_decay)
+
+
+# --- regression references ------------------------------------------------------
+
+
+def _f64(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
+def fit_normal_equations(X: np.ndarray, y: np.ndarray, weight_decay: float = 0.0) -> ReferenceFit:
+    """The minimiser of the regression objective J, exactly.
+
+    X : ndarray of shape (n_samples, n_features); y : ndarray of shape (n_samples,).
+
+    The bias is unpenalised, so it drops out after centring: b = mean(y) - mean(X) w.
+    The normal equations (Xc^T Xc + alpha I) w = Xc^T yc are solved as the least-squares
+    problem ``|| [Xc; sqrt(alpha) I] w - [yc; 0] ||^2`` by lstsq (SVD): no explicit
+    inverse, no squared condition number, and the minimum-norm solution when Xc is
+    rank-deficient.
+    """
+    X, y = _f64(X, y)
+    n, d = X.shape
+    x_mean, y_mean = X.mean(axis=0), y.mean()
+    Xc, yc = X - x_mean, y - y_mean  # (n, d), (n,)
+    alpha = ridge_alpha(n, weight_decay)
+    if alpha > 0:
+        Xc = np.vstack([Xc, math.sqrt(alpha) * np.eye(d)])  # (n + d, d)
+        yc = np.concatenate([yc, np.zeros(d)])
+    w, *_ = np.linalg.lstsq(Xc, yc, rcond=None)  # (d,)
+    b = y_mean - x_mean @ w
+    return ReferenceFit(w.reshape(1, d), np.array([b]))
+
+
+def fit_sklearn_linear(X: np.ndarray, y: np.ndarray) -> ReferenceFit:
+    """scikit-learn's ordinary least squares (no weight decay)."""
+    from sklearn.linear_model import LinearRegression
+
+    X, y = _f64(X, y)
+    model = LinearRegression().fit(X, y)
+    return ReferenceFit(model.coef_.reshape(1, -1), np.atleast_1d(model.intercept_))
+
+
+def fit_sklearn_ridge(X: np.ndarray, y: np.ndarray, weight_decay: float) -> ReferenceFit:
+    """scikit-learn's Ridge with alpha = n wd / 2 (see ridge_alpha)."""
+    from sklearn.linear_model import Ridge
+
+    X, y = _f64(X, y)
+    model = Ridge(alpha=ridge_alpha(X.shape[0], weight_decay), solver="svd").fit(X, y)
+    return ReferenceFit(model.coef_.reshape(1, -1), np.atleast_1d(model.intercept_))
+
+
+# --- classification reference ---------------------------------------------------
+
+
+def fit_logistic_regression(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    weight_decay: float,
+    max_iter: int = 5000,
+    tol: float = 1e-8,
+) -> ReferenceFit:
+    """scikit-learn's multinomial LogisticRegression (lbfgs), L2 matched to wd.
+
+    X (n, d), y (n,) int labels in [0, n_classes), every class present.
+    Returns centred softmax weights W (n_classes, d), b (n_classes,);
+    ``converged`` is False when lbfgs raised a ConvergenceWarning (the warning
+    itself is swallowed: the caller decides what a non-converged reference means).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    present = np.unique(y)
+    if present.size != n_classes or (present != np.arange(n_classes)).any():
+        missing = sorted(set(range(n_classes)) - set(present.tolist()))
+        raise ValueError(f"every class must occur in the train split; missing {missing}")
+    model = LogisticRegression(
+        C=logistic_C(X.shape[0], weight_decay, n_classes),
+        solver="lbfgs",
+        max_iter=max_iter,
+        tol=tol,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X, y)
+    converged = True
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            converged = False
+        else:  # not ours to swallow
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    W, b = model.coef_, model.intercept_
+    if n_classes == 2:  # one binary vector v = w_1 - w_0 -> softmax rows [-v/2, v/2]
+        W, b = np.vstack([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
+    W, b = centre_softmax(W, b)
+    return ReferenceFit(W, b, n_iter=int(np.max(model.n_iter_)), converged=converged)
+
+
+def centre_softmax(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each feature's mean over classes: W (k, d), b (k,) -> same shapes.
+
+    softmax(z + c) = softmax(z), so this representative changes no prediction.
+    """
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return W - W.mean(axis=0, keepdims=True), b - b.mean()
+
+
+# --- measures -------------------------------------------------------------------
+
+
+def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
+    """||a - ref|| / ||ref|| (Frobenius); the plain distance when ref is 0."""
+    a, ref = np.asarray(a, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    dist = float(np.linalg.norm(a - ref))
+    norm = float(np.linalg.norm(ref))
+    return dist / norm if norm > 0 else dist
+
+
+def objective(
+    X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, loss: str, weight_decay: float
+) -> tuple[float, float]:
+    """(data loss, data loss + (wd / 2) ||W||^2) in float64 on (X, y)."""
+    Z = predict_linear(X, W, b)  # (n, k)
+    if loss == "cross_entropy":
+        y = np.asarray(y, dtype=np.int64)
+        value = float(-np.mean(log_softmax(Z)[np.arange(y.size), y]))
+    else:
+        r = Z[:, 0] - np.asarray(y, dtype=np.float64)  # (n,)
+        value = float(np.mean(r * r)) if loss == "mse" else float(np.mean(np.abs(r)))
+    penalty = 0.5 * weight_decay * float(np.sum(np.asarray(W, dtype=np.float64) ** 2))
+    return value, value + penalty
+
+
+def split_metrics(task: str, X: np.ndarray, y: np.ndarray, W, b) -> dict[str, float]:
+    """Regression: mse/rmse/mae/r2; classification: accuracy/cross_entropy."""
+    Z = predict_linear(X, W, b)  # (n, k)
+    if task == "regression":
+        return regression_metrics(y, Z[:, 0])
+    y = np.asarray(y, dtype=np.int64)
+    return {
+        "accuracy": float(np.mean(Z.argmax(axis=1) == y)),
+        "cross_entropy": float(-np.mean(log_softmax(Z)[np.arange(y.size), y])),
+    }
+
+
+def _comparable(task: str, W, b) -> tuple[np.ndarray, np.ndarray]:
+    if task == "classification":
+        return centre_softmax(W, b)
+    return np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+
+def compare_to_reference(
+    task: str,
+    loss: str,
+    weight_decay: float,
+    ours: tuple[np.ndarray, np.ndarray],
+    ref: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+) -> dict:
+    """Every gap between our (W, b) and the reference's, as a JSON-ready dict.
+
+    ours/ref: (W (k, d), b (k,)); train/test: (X (n, d), y (n,)).
+    Gaps are ours minus reference; weights are compared after centring for softmax.
+    """
+    W, b = _comparable(task, *ours)
+    Wr, br = _comparable(task, *ref)
+    if W.shape != Wr.shape:
+        raise ValueError(f"weight shapes differ: ours {W.shape}, reference {Wr.shape}")
+    loss_ours, obj_ours = objective(*train, *ours, loss, weight_decay)
+    loss_ref, obj_ref = objective(*train, *ref, loss, weight_decay)
+    gap = obj_ours - obj_ref
+    # Relative to the optimum's objective; an exact fit (objective 0) allows no gap.
+    rel_gap = gap / obj_ref if obj_ref > 0 else (0.0 if gap == 0 else math.inf)
+    m_ours = split_metrics(task, *test, *ours)
+    m_ref = split_metrics(task, *test, *ref)
+    out = {
+        "weight_rel_l2": relative_l2(W, Wr),
+        "bias_abs_diff": float(np.max(np.abs(b - br))),
+        "train_loss": {"ours": loss_ours, "reference": loss_ref, "gap": loss_ours - loss_ref},
+        "train_objective": {
+            "ours": obj_ours,
+            "reference": obj_ref,
+            "gap": gap,
+            "rel_gap": rel_gap,
+        },
+        "test": {
+            "ours": m_ours,
+            "reference": m_ref,
+            "delta": {k: m_ours[k] - m_ref[k] for k in m_ours},
+        },
+    }
+    if task == "classification":
+        X_test = test[0]
+        same = predict_linear(X_test, *ours).argmax(axis=1) == predict_linear(X_test, *ref).argmax(
+            axis=1
+        )
+        out["agreement"] = float(np.mean(same))
+    return out
+
+
+# --- tolerances -----------------------------------------------------------------
+
+
+def gap_values(result: Mapping) -> dict[str, float]:
+    """The checkable numbers of a compare result, by the names tolerances use."""
+    values = {
+        "weight_rel_l2": result["weight_rel_l2"],
+        "train_objective_rel_gap": result["train_objective"]["rel_gap"],
+    }
+    for k, v in result["test"]["delta"].items():
+        values[f"test_{k}_delta"] = abs(v)
+    if "agreement" in result:
+        values["agreement"] = result["agreement"]
+    return values
+
+
+def check_tolerances(
+    values: Mapping[str, float], tolerances: Mapping[str, float | None]
+) -> dict[str, dict]:
+    """One check per tolerance: ``min_<name>`` is a lower bound, any other key an upper one.
+
+    A None tolerance reports the value without checking it (passed: None).
+    """
+    checks: dict[str, dict] = {}
+    for key, tol in tolerances.items():
+        lower = key.startswith("min_")
+        name = key[4:] if lower else key
+        value = values[name]
+        if tol is None:
+            passed = None
+        elif not math.isfinite(value):
+            passed = False
+        else:
+            passed = bool(value >= tol) if lower else bool(value <= tol)
+        checks[name] = {
+            "value": value,
+            "tolerance": tol,
+            "bound": "min" if lower else "max",
+            "key": key,
+            "passed": passed,
+        }
+    return checks
+
+
+def failure_message(dataset: str, task: str, checks: Mapping[str, dict], train_cfg) -> str | None:
+    """One line naming each failed gap, its tolerance and what to try; None if all pass."""
+    failed = [(n, c) for n, c in checks.items() if c["passed"] is False]
+    if not failed:
+        return None
+    parts = []
+    for name, c in failed:
+        where = "is below" if c["bound"] == "min" else "exceeds"
+        parts.append(
+            f"{name} = {c['value']:.3g} {where} compare.{task}.{c['key']} = {c['tolerance']:g}"
+        )
+    now = f"epochs={train_cfg.epochs}, lr={train_cfg.lr:g}, batch_size={train_cfg.batch_size}"
+    if train_cfg.patience:
+        now += f", patience={train_cfg.patience} (early stopping)"
+    return (
+        f"{dataset} is further from the reference than allowed: {'; '.join(parts)}; "
+        f"try more epochs, a smaller lr or full batch (now train.{task}: {now})"
+    )
+
+
+def trajectory_distance(task: str, weights: np.ndarray, ref_weight: np.ndarray) -> np.ndarray:
+    """||W_e - W*|| / ||W*|| for every recorded epoch e: weights (E, k, d) -> (E,)."""
+    Wr = _comparable(task, ref_weight, np.zeros(ref_weight.shape[0]))[0]
+    norm = float(np.linalg.norm(Wr)) or 1.0
+    W = np.asarray(weights, dtype=np.float64)  # (E, k, d)
+    if task == "classification":
+        W = W - W.mean(axis=1, keepdims=True)
+    return np.linalg.norm((W - Wr).reshape(W.shape[0], -1), axis=1) / norm  # (E,)

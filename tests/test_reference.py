@@ -1,0 +1,240 @@
+"""The references against the closed form, the weight-decay mappings, and the checks.
+
+The mapping tests are the ones that matter: at each reference the gradient of
+*our* objective vanishes, and full-batch training with weight decay lands on
+scikit-learn's Ridge / LogisticRegression solution.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from linflow import reference as R
+from linflow.config import ClassificationTrain, RegressionTrain
+from linflow.scratch import loss_and_grads
+from linflow.training import fit, make_engine
+
+
+def regression_data(seed: int, n: int = 60, d: int = 4, noise: float = 0.3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=d) + rng.normal(size=d)
+    w = rng.normal(size=d)
+    y = X @ w + 1.5 + noise * rng.normal(size=n)
+    return X, y
+
+
+def classification_data(seed: int, n: int = 90, d: int = 3, k: int = 3):
+    rng = np.random.default_rng(seed)
+    centres = 1.5 * rng.normal(size=(k, d))
+    y = np.arange(n) % k
+    X = centres[y] + rng.normal(size=(n, d))
+    return X, y
+
+
+def objective_grads(X, y, W, b, loss, wd):
+    """Gradient of our objective J = loss + (wd/2)||W||^2 (float64, hand-written)."""
+    Xt, Wt, bt = (torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (X, W, b))
+    yt = torch.as_tensor(y)
+    _, dW, db = loss_and_grads(Xt, yt, Wt, bt, loss)
+    return (dW + wd * Wt).numpy(), db.numpy()
+
+
+# --- regression ---------------------------------------------------------------------
+
+
+def closed_form(X, y, wd):
+    """Textbook normal equations on [X 1] with the bias unpenalised, via np.linalg.solve."""
+    n, d = X.shape
+    Xa = np.hstack([X, np.ones((n, 1))])
+    P = np.diag([n * wd / 2] * d + [0.0])
+    theta = np.linalg.solve(Xa.T @ Xa + P, Xa.T @ y)
+    return theta[:d], theta[d]
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_normal_equations_match_closed_form_and_sklearn(wd, seed):
+    X, y = regression_data(seed)
+    ref = R.fit_normal_equations(X, y, wd)
+    assert ref.weight.shape == (1, X.shape[1]) and ref.bias.shape == (1,)
+    w, b = closed_form(X, y, wd)
+    np.testing.assert_allclose(ref.weight[0], w, rtol=1e-9, atol=1e-12)
+    assert ref.bias[0] == pytest.approx(b, rel=1e-9)
+    ridge = R.fit_sklearn_ridge(X, y, wd)
+    assert R.relative_l2(ridge.weight, ref.weight) < 1e-9
+    np.testing.assert_allclose(ridge.bias, ref.bias, rtol=1e-9)
+    if wd == 0:
+        ols = R.fit_sklearn_linear(X, y)
+        assert R.relative_l2(ols.weight, ref.weight) < 1e-9
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.02, 0.4])
+def test_objective_gradient_vanishes_at_the_regression_references(wd):
+    X, y = regression_data(3)
+    for ref in (R.fit_normal_equations(X, y, wd), R.fit_sklearn_ridge(X, y, wd)):
+        dW, db = objective_grads(X, y, ref.weight, ref.bias, "mse", wd)
+        assert np.abs(dW).max() < 1e-9 and np.abs(db).max() < 1e-9
+
+
+def test_ridge_alpha_mapping():
+    assert R.ridge_alpha(200, 0.01) == pytest.approx(1.0)
+    assert R.ridge_alpha(200, 0.0) == 0.0
+
+
+def test_normal_equations_handle_a_rank_deficient_design():
+    X, y = regression_data(4, d=3)
+    X = np.hstack([X, X[:, :1]])  # a duplicated column: X^T X is singular
+    ref = R.fit_normal_equations(X, y)
+    # the minimum-norm solution splits the duplicated weight evenly
+    assert ref.weight[0, 0] == pytest.approx(ref.weight[0, 3], rel=1e-9)
+    dW, db = objective_grads(X, y, ref.weight, ref.bias, "mse", 0.0)
+    assert np.abs(dW).max() < 1e-9 and np.abs(db).max() < 1e-9
+
+
+@pytest.mark.parametrize("impl", ["torch", "scratch"])
+@pytest.mark.parametrize("wd", [0.05, 0.3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_full_batch_training_with_weight_decay_converges_to_ridge(impl, wd, seed):
+    """Must hold #5: the alpha = n wd / 2 mapping, checked by the training loop itself."""
+    X, y = regression_data(seed)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)  # standardised, as the pipeline does
+    ridge = R.fit_sklearn_ridge(X, y, wd)
+    cfg = RegressionTrain(lr=0.2, batch_size="full", epochs=400, weight_decay=wd, seed=seed)
+    engine = make_engine(impl, "regression", X.shape[1], 0, cfg)
+    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    result = fit(engine, Xt, yt, Xt[:8], yt[:8], cfg)
+    assert R.relative_l2(result.weight, ridge.weight) < 1e-4
+    assert result.bias[0] == pytest.approx(ridge.bias[0], rel=1e-4)
+    # and without the mapping it would not be: Ridge at alpha = n wd is visibly elsewhere
+    wrong = R.fit_sklearn_ridge(X, y, 2 * wd)
+    assert R.relative_l2(result.weight, wrong.weight) > 1e-3
+
+
+# --- classification -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("wd", [0.01, 0.1])
+def test_objective_gradient_vanishes_at_logistic_regression(k, wd):
+    """The C = 1 / (n wd) mapping (2 / (n wd) for two classes) is exact."""
+    X, y = classification_data(k, k=k)
+    ref = R.fit_logistic_regression(X, y, k, wd)
+    assert ref.converged
+    assert ref.weight.shape == (k, X.shape[1]) and ref.bias.shape == (k,)
+    np.testing.assert_allclose(ref.weight.sum(axis=0), 0, atol=1e-12)  # centred
+    dW, db = objective_grads(X, y, ref.weight, ref.bias, "cross_entropy", wd)
+    assert np.abs(dW).max() < 1e-6 and np.abs(db).max() < 1e-6
+
+
+def test_full_batch_training_converges_to_logistic_regression():
+    X, y = classification_data(5)
+    wd = 0.05
+    ref = R.fit_logistic_regression(X, y, 3, wd)
+    cfg = ClassificationTrain(lr=1.0, batch_size="full", epochs=600, weight_decay=wd)
+    engine = make_engine("scratch", "classification", X.shape[1], 3, cfg, dtype=torch.float64)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    result = fit(engine, Xt, yt, Xt[:9], yt[:9], cfg)
+    W, _ = R.centre_softmax(result.weight, result.bias)
+    assert R.relative_l2(W, ref.weight) < 1e-4
+
+
+def test_logistic_regression_reports_non_convergence_without_warning():
+    X, y = classification_data(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may escape, ConvergenceWarning included
+        ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=2)
+    assert not ref.converged
+
+
+def test_logistic_regression_without_weight_decay_is_unpenalised():
+    assert R.logistic_C(100, 0.0, 10) == math.inf
+    assert R.logistic_C(100, 0.01, 10) == pytest.approx(1.0)
+    assert R.logistic_C(100, 0.01, 2) == pytest.approx(2.0)
+
+
+def test_logistic_regression_needs_every_class():
+    X, y = classification_data(7)
+    with pytest.raises(ValueError, match=r"missing \[3\]"):
+        R.fit_logistic_regression(X, y, 4, 0.01)
+
+
+def test_centring_changes_no_prediction():
+    rng = np.random.default_rng(0)
+    X, W, b = rng.normal(size=(20, 3)), rng.normal(size=(4, 3)) + 5.0, rng.normal(size=4)
+    Wc, bc = R.centre_softmax(W, b)
+    np.testing.assert_allclose(Wc.sum(axis=0), 0, atol=1e-12)
+    Z, Zc = X @ W.T + b, X @ Wc.T + bc
+    np.testing.assert_allclose(Z - Z.max(axis=1, keepdims=True), Zc - Zc.max(axis=1, keepdims=True))
+
+
+# --- measures and checks ------------------------------------------------------------
+
+
+def test_relative_l2():
+    assert R.relative_l2(np.array([3.0, 4.0]), np.array([3.0, 4.0])) == 0.0
+    assert R.relative_l2(np.array([3.0, 4.5]), np.array([3.0, 4.0])) == pytest.approx(0.1)
+    assert R.relative_l2(np.array([1.0, 0.0]), np.zeros(2)) == 1.0  # plain distance
+
+
+def test_compare_to_reference_reports_every_gap():
+    X, y = classification_data(8)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01)
+    shifted = (ref.weight + 7.0, ref.bias - 2.0)  # the same classifier, not centred
+    out = R.compare_to_reference(
+        "classification", "cross_entropy", 0.01, shifted, (ref.weight, ref.bias), (X, y), (X, y)
+    )
+    assert out["weight_rel_l2"] < 1e-12  # centring removes the shift
+    assert out["agreement"] == 1.0
+    assert out["test"]["delta"]["accuracy"] == 0.0
+    # the penalty is not shift-invariant, so the uncentred weights cost more
+    assert out["train_objective"]["gap"] > 0
+    assert out["train_loss"]["gap"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_check_tolerances_bounds():
+    values = {"weight_rel_l2": 2e-3, "agreement": 0.96, "test_r2_delta": 0.001, "x": math.inf}
+    checks = R.check_tolerances(
+        values,
+        {"weight_rel_l2": 1e-3, "min_agreement": 0.97, "test_r2_delta": None, "x": 1.0},
+    )
+    assert checks["weight_rel_l2"]["passed"] is False
+    assert checks["agreement"]["passed"] is False and checks["agreement"]["bound"] == "min"
+    assert checks["test_r2_delta"]["passed"] is None  # reported, not checked
+    assert checks["x"]["passed"] is False  # a non-finite gap never passes
+    ok = R.check_tolerances(values, {"weight_rel_l2": 1e-2, "min_agreement": 0.95})
+    assert all(c["passed"] for c in ok.values())
+
+
+def test_failure_message_names_gap_tolerance_and_what_to_try():
+    cfg = RegressionTrain(lr=0.05, batch_size=32, epochs=200)
+    checks = R.check_tolerances(
+        {"weight_rel_l2": 0.0123, "test_r2_delta": 0.0},
+        {"weight_rel_l2": 1e-3, "test_r2_delta": 0.005},
+    )
+    msg = R.failure_message("line", "regression", checks, cfg)
+    assert "\n" not in msg
+    with pytest.raises(
+        R.ToleranceError,
+        match=(
+            r"line .*weight_rel_l2 = 0\.0123 exceeds compare\.regression\.weight_rel_l2 = 0\.001; "
+            r"try more epochs, a smaller lr or full batch .*epochs=200, lr=0\.05, batch_size=32"
+        ),
+    ):
+        raise R.ToleranceError(msg)
+    assert "test_r2_delta" not in msg
+    passing = R.check_tolerances({"weight_rel_l2": 1e-4}, {"weight_rel_l2": 1e-3})
+    assert R.failure_message("line", "regression", passing, cfg) is None
+
+
+def test_trajectory_distance_is_relative_and_centred():
+    ref = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    traj = np.stack([np.zeros((2, 2)), ref + 3.0, ref * 1.1])  # (3, 2, 2)
+    dist = R.trajectory_distance("classification", traj, ref)
+    np.testing.assert_allclose(dist, [1.0, 0.0, 0.1], atol=1e-12)
+    dist_reg = R.trajectory_distance("regression", traj[:, :1], ref[:1])
+    assert dist_reg[1] > 1  # no centring for regression
