@@ -294,7 +294,7 @@ def test_report_table_prints_bit_identical_per_output_and_groups_what_differs(cf
     assert lines[1].split() == ["data/raw/line.npz", "prepare@line", "bit-identical"]
     differs = lines[lines.index("What differs:") + 2 :]
     assert differs[0].split()[:3] == ["params.yaml:seed", "prepare@line", "+2"]
-    assert lines[-1] == "verify FAILED: 1 outputs; 1 bit-identical, 3 stale lock"
+    assert lines[-1] == "verify FAILED: 1 outputs; 1 bit-identical; 3 stale lock"
     assert not report.ok
     ok = Report(outputs=list(outputs), problems=[])
     assert ok.ok and ok.render().splitlines()[-1] == "verify OK: 1 outputs; 1 bit-identical"

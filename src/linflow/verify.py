@@ -358,9 +358,10 @@ class Report:
     def ok(self) -> bool:
         return not any(r.failed for r in self.rows)
 
-    def counts(self) -> dict[str, int]:
+    @staticmethod
+    def counts(rows: list[Row]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for r in self.rows:
+        for r in rows:
             out[r.status] = out.get(r.status, 0) + 1
         return out
 
@@ -369,10 +370,11 @@ class Report:
         failing = _grouped([r for r in self.rows if r.failed])
         if failing:
             lines += ["", "What differs:", _table(failing)]
-        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
-        verdict = "OK" if self.ok else "FAILED"
-        lines += ["", f"verify {verdict}: {len(self.outputs)} outputs; {counts}"]
-        return "\n".join(lines)
+        summary = f"verify {'OK' if self.ok else 'FAILED'}: {len(self.outputs)} outputs"
+        for rows in (self.outputs, self.problems):
+            if rows:
+                summary += "; " + ", ".join(f"{n} {s}" for s, n in self.counts(rows).items())
+        return "\n".join([*lines, "", summary])
 
 
 def _grouped(rows: list[Row]) -> list[Row]:
