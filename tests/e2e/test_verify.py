@@ -8,6 +8,8 @@ its upstream stages, forced) in its own copy of the session's reproduced repo;
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,16 +57,39 @@ def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo, pipeline_env()).stdout
 
 
-def test_a_rerun_is_bit_identical_output_by_output(repo):
+def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
     runs_before = _training_runs(repo)
-    res = verify(repo, "evaluate@line")
-    assert res.returncode == 0, res.stdout + res.stderr
-    got = rows(res.stdout)
+    proc = subprocess.Popen(
+        ["linflow", "verify", "evaluate@line"], cwd=repo, env=pipeline_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        echoed = []
+        for line in proc.stderr:  # verify echoes its `dvc repro -f`
+            echoed.append(line)
+            if line.startswith("Running stage 'split@line'"):
+                break
+        # A second `dvc repro` meanwhile is refused at once with DVC's lock message ...
+        t0 = time.monotonic()
+        second = run(["dvc", "repro"], repo, pipeline_env(), check=False)
+        elapsed = time.monotonic() - t0
+        assert proc.poll() is None, "the forced re-run ended before the second repro started"
+    finally:
+        stdout, rest = proc.communicate(timeout=300)
+    assert second.returncode != 0 and elapsed < 15, (elapsed, second.stderr)
+    assert "is busy, it is being blocked by" in second.stderr or (
+        "Unable to acquire lock" in second.stderr
+    )
+    # ... and the first is unaffected: every output bit-identical, the lock current.
+    stderr = "".join(echoed) + rest
+    assert proc.returncode == 0, stdout + stderr
+    got = rows(stdout)
     for path, stage in LINE_OUTPUTS:
-        assert got[(path, stage)] == ["bit-identical"], (path, res.stdout)
-    assert res.stdout.strip().endswith("verify OK: 8 outputs; 8 bit-identical")
+        assert got[(path, stage)] == ["bit-identical"], (path, stdout)
+    assert stdout.strip().endswith("verify OK: 8 outputs; 8 bit-identical")
     for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
-        assert f"Running stage '{stage}'" in res.stderr  # forced: each really ran
+        assert f"Running stage '{stage}'" in stderr  # forced: each really ran
     assert git(repo, "status", "--porcelain", "reports") == ""
     assert _training_runs(repo) == runs_before  # its runs went to a throwaway store
 
@@ -77,21 +102,24 @@ def _training_runs(repo: Path) -> int:
     return len(client.search_runs([exp.experiment_id]))
 
 
-def test_an_edited_committed_metric_fails_naming_it(repo):
+def test_an_edited_metric_and_a_missing_report_fail_naming_them(repo):
     path = repo / "reports/line/metrics.json"
     doc = json.loads(path.read_text())
     true_rmse = doc["test"]["rmse"]
     doc["test"]["rmse"] = round(true_rmse * 0.5, 6)  # a better number than the pipeline gives
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    git(repo, "commit", "-qam", "better rmse")
+    git(repo, "rm", "-q", "reports/line/loss_curve.png")  # a report left out of the commit
+    git(repo, "commit", "-qam", "better rmse, no loss curve")
 
     res = verify(repo, "evaluate@line")
 
     assert res.returncode == 1
-    assert rows(res.stdout)[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
+    got = rows(res.stdout)
+    assert got[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
     (line,) = [ln for ln in differs(res.stdout) if ln.startswith("reports/line/metrics.json")]
     assert f"test.rmse {doc['test']['rmse']!r} -> {true_rmse!r}" in line
-    assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
+    assert got[("reports/line/loss_curve.png", "train@line")][0] == "missing"
+    assert got[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
     assert res.stdout.strip().splitlines()[-1].startswith("verify FAILED")
 
 
@@ -128,13 +156,3 @@ def test_a_stale_lock_fails_even_when_the_outputs_are_identical(repo):
     assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
     (stale,) = differs(res.stdout)
     assert stale.split()[:4] == ["src/linflow/datasets", "prepare@line", "stale", "lock"]
-
-
-def test_a_git_tracked_output_missing_from_the_commit_fails(repo):
-    git(repo, "rm", "-q", "reports/line/loss_curve.png")
-    git(repo, "commit", "-qm", "drop a report")
-
-    res = verify(repo, "train@line")
-
-    assert res.returncode == 1
-    assert rows(res.stdout)[("reports/line/loss_curve.png", "train@line")][0] == "missing"
