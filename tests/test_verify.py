@@ -298,3 +298,15 @@ def test_report_table_prints_bit_identical_per_output_and_groups_what_differs(cf
     assert not report.ok
     ok = Report(outputs=list(outputs), problems=[])
     assert ok.ok and ok.render().splitlines()[-1] == "verify OK: 1 outputs; 1 bit-identical"
+
+
+def test_a_dvc_cached_metric_needs_its_committed_version(cfg):
+    cached = Output("reports/line/scores.json", "evaluate@line", cached=True, metric=True)
+    md5 = ({cached.path: MD5["a"]}, {cached.path: MD5["b"]})
+    current = {cached.path: _bytes(_metrics())}
+    row = _rows(cfg, *md5, {cached.path: None}, current, outputs=[cached])[cached.path]
+    assert row.status == "drifted" and row.failed and "dvc pull" in row.detail
+    both = {cached.path: _bytes(_metrics(rmse=0.05 + 1e-9))}
+    assert _rows(cfg, *md5, both, current, outputs=[cached])[cached.path].status == (
+        "within tolerance"
+    )

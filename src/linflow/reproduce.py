@@ -118,6 +118,12 @@ def _snapshot(root: Path, out: Output, md5s: dict, cache: Path | None) -> bytes 
     # a DVC-cached metrics file by its cached object, where the cache holds it.
     if not out.cached:
         path = root / out.path
+        if path.is_dir():  # a git-tracked folder: its file names and contents, in order
+            files = sorted(f for f in path.rglob("*") if f.is_file())
+            return b"".join(
+                f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0"
+                for f in files
+            )
         return path.read_bytes() if path.is_file() else None
     md5 = md5s.get(out.path)
     if out.metric and md5 and cache is not None:

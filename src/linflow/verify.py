@@ -303,7 +303,9 @@ def compare_outputs(
             same = before == current.get(p)
             if same and was != now:
                 detail = (
-                    f"file is bit-identical but dvc.lock records {_short(was)}, not {_short(now)}"
+                    "bit-identical, but not recorded in the committed dvc.lock"
+                    if was is None
+                    else f"bit-identical, but dvc.lock records {_short(was)}, not {_short(now)}"
                 )
                 rows.append(Row(p, out.stage, STALE, detail, True))
                 continue
@@ -329,7 +331,7 @@ def compare_outputs(
 
 def _metric_row(out: Output, before, after, cfg, was, now) -> Row:
     if before is None or after is None:
-        detail = f"committed content unavailable to compare (md5 {_short(was)} -> {_short(now)})"
+        detail = f"committed version not in the DVC cache (dvc pull?); md5 {_short(was)} -> {_short(now)}"
         return Row(out.path, out.stage, DRIFTED, detail, True)
     try:
         old_doc, new_doc = _load_doc(out.path, before), _load_doc(out.path, after)
