@@ -11,6 +11,7 @@ from linflow.config import ConfigError, VerifySection, parse_params
 from linflow.verify import (
     Output,
     Report,
+    Row,
     VerifyError,
     compare_metrics,
     compare_outputs,
@@ -97,6 +98,14 @@ def test_changed_cmd_new_stage_removed_stage_and_new_output_are_stale():
         ("dvc.lock", "gone@line", "stage is no longer in dvc.yaml"),
     }
     assert all(r.failed and r.status == "stale lock" for r in rows)
+
+
+def test_a_changed_upstream_output_is_not_also_a_stale_dependency():
+    old, new = _lock(raw=MD5["b"]), _lock(raw=MD5["e"])  # prepare@line's output changed
+    rows = stale_rows(old, new, STAGES, STAGES)
+    assert [(r.path, r.stage) for r in rows] == [("data/raw/line.npz", "evaluate@line")]
+    # ... reported once, as the output's own row, when the caller says it changed
+    assert stale_rows(old, new, STAGES, STAGES, changed_outputs=["data/raw/line.npz"]) == []
 
 
 def test_only_stages_that_ran_are_checked():
@@ -238,6 +247,7 @@ def test_hand_edited_committed_metric_drifts_although_the_lock_matches(cfg):
     current = {METRICS.path: _bytes(_metrics(rmse=0.05))}
     row = _rows(cfg, old, dict(old), committed, current, outputs=[METRICS])[METRICS.path]
     assert row.status == "drifted" and row.failed and row.detail.startswith("test.rmse 0.5 -> 0.05")
+    assert row.detail.endswith("; the committed file is not the one dvc.lock records (edited?)")
 
 
 def test_metrics_within_tolerance_pass_unless_strict(cfg):
@@ -296,6 +306,9 @@ def test_report_table_prints_bit_identical_per_output_and_groups_what_differs(cf
     assert differs[0].split()[:3] == ["params.yaml:seed", "prepare@line", "+2"]
     assert lines[-1] == "verify FAILED: 1 outputs; 1 bit-identical; 3 stale lock"
     assert not report.ok
+    differing = Row("models/line", "train@line", "differs", "md5 aaaaaaaa -> bbbbbbbb")
+    text = Report(outputs=[*outputs, differing], problems=problems).render()
+    assert "(and 1 outputs that differ as verify.strict: false allows)" in text
     ok = Report(outputs=list(outputs), problems=[])
     assert ok.ok and ok.render().splitlines()[-1] == "verify OK: 1 outputs; 1 bit-identical"
 

@@ -61,17 +61,20 @@ def run_verify(root: Path, cfg, targets: list[str]) -> verify.Report:
     ran_set = set(ran)
     checked = [o for o in outputs if o.stage in ran_set]
     current = {o.path: _snapshot(root, o, new_md5, cache) for o in checked}
+    rows = verify.compare_outputs(
+        checked,
+        old_md5,
+        new_md5,
+        committed,
+        current,
+        cfg,
+        _changed_files(checked, old_md5, new_md5, cache),
+    )
+    changed = [r.path for r in rows if r.status != verify.BIT_IDENTICAL]
     return verify.Report(
-        outputs=verify.compare_outputs(
-            checked,
-            old_md5,
-            new_md5,
-            committed,
-            current,
-            cfg,
-            _changed_files(checked, old_md5, new_md5, cache),
-        ),
-        problems=verify.stale_rows(old, new, ran, declared) + verify.rerun_rows(again, status),
+        outputs=rows,
+        problems=verify.stale_rows(old, new, ran, declared, changed)
+        + verify.rerun_rows(again, status),
     )
 
 

@@ -28,6 +28,7 @@ Each of these fails the check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -172,13 +173,17 @@ def stale_rows(
     new: Mapping[str, Mapping],
     ran: Iterable[str],
     declared: Iterable[str] | None = None,
+    changed_outputs: Iterable[str] = (),
 ) -> list[Row]:
     """Where the committed lock is not what the current dvc.yaml/params/deps give.
 
     old, new : parsed dvc.lock stages before and after the forced re-run
     ran : the stages the re-run ran (only their new entries are fresh)
     declared : every stage dvc.yaml declares now (None: do not check for leftovers)
+    changed_outputs : outputs the re-run changed; as deps of later stages their new
+        md5 is a consequence, reported once as the output's own row
     """
+    upstream = set(changed_outputs)
     rows: list[Row] = []
     for stage in ran:
         was, now = old.get(stage), new.get(stage)
@@ -189,9 +194,10 @@ def stale_rows(
             continue
         if was.get("cmd") != now.get("cmd"):
             rows.append(Row("dvc.yaml", stage, STALE, "cmd differs from the committed lock", True))
-        rows += _diff_rows(
-            stage, _by_path(was.get("deps")), _by_path(now.get("deps")), "md5", lambda p: p
-        )
+        deps_was, deps_now = _by_path(was.get("deps")), _by_path(now.get("deps"))
+        for path in upstream & set(deps_was) & set(deps_now):
+            del deps_was[path], deps_now[path]
+        rows += _diff_rows(stage, deps_was, deps_now, "md5", lambda p: p)
         for file in sorted(set(was.get("params") or {}) | set(now.get("params") or {})):
             rows += _diff_rows(
                 stage,
@@ -317,19 +323,27 @@ def compare_outputs(
         files = (changed_files or {}).get(p)
         if files:
             md5_detail += f" ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})"
+        before = committed.get(p)
+        if not out.cached and before is not None and was and _md5(before) != was:
+            md5_detail += "; the committed file is not the one dvc.lock records (edited?)"
         if out.is_data:
             rows.append(
                 Row(p, out.stage, CHANGED, f"data must be bit-identical; {md5_detail}", True)
             )
         elif out.metric:
-            rows.append(_metric_row(out, committed.get(p), current.get(p), cfg, was, now))
+            note = md5_detail[md5_detail.index(";") :] if ";" in md5_detail else ""
+            rows.append(_metric_row(out, before, current.get(p), cfg, was, now, note))
         else:
             strict = " (verify.strict)" if cfg.strict else ""
             rows.append(Row(p, out.stage, DIFFERS, md5_detail + strict, cfg.strict))
     return rows
 
 
-def _metric_row(out: Output, before, after, cfg, was, now) -> Row:
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _metric_row(out: Output, before, after, cfg, was, now, note: str = "") -> Row:
     if before is None or after is None:
         detail = f"committed version not in the DVC cache (dvc pull?); md5 {_short(was)} -> {_short(now)}"
         return Row(out.path, out.stage, DRIFTED, detail, True)
@@ -339,6 +353,7 @@ def _metric_row(out: Output, before, after, cfg, was, now) -> Row:
         detail = f"cannot parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         return Row(out.path, out.stage, DRIFTED, detail[:120], True)
     status, detail = compare_metrics(old_doc, new_doc, out.path, cfg)
+    detail += note
     if cfg.strict and status == WITHIN:
         return Row(out.path, out.stage, status, detail + " (verify.strict)", True)
     return Row(out.path, out.stage, status, detail, status == DRIFTED)
@@ -372,6 +387,9 @@ class Report:
         failing = _grouped([r for r in self.rows if r.failed])
         if failing:
             lines += ["", "What differs:", _table(failing)]
+            allowed = sum(r.status in (WITHIN, DIFFERS) and not r.failed for r in self.outputs)
+            if allowed:
+                lines.append(f"(and {allowed} outputs that differ as verify.strict: false allows)")
         summary = f"verify {'OK' if self.ok else 'FAILED'}: {len(self.outputs)} outputs"
         for rows in (self.outputs, self.problems):
             if rows:
