@@ -230,6 +230,10 @@ def rerun_rows(stages: Iterable[str], status: Mapping[str, Any] | None = None) -
 # --- metrics ------------------------------------------------------------------------
 
 
+def _num(v: float) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -253,7 +257,7 @@ def compare_metrics(old: Any, new: Any, file: str, cfg) -> tuple[str, str]:
             delta = abs(y - x)
             allowed = tol.abs + tol.rel * abs(x)
             if not math.isfinite(delta) or delta > allowed:
-                problems.append(f"{key} {x!r} -> {y!r} (|d|={delta:.3g} > {allowed:.3g})")
+                problems.append(f"{key} {_num(x)} -> {_num(y)} (|d|={delta:.3g} > {allowed:.3g})")
             elif worst is None or delta > worst[0]:
                 worst = (delta, key)
         elif x != y:

@@ -117,7 +117,8 @@ def test_an_edited_metric_and_a_missing_report_fail_naming_them(repo):
     got = rows(res.stdout)
     assert got[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
     (line,) = [ln for ln in differs(res.stdout) if ln.startswith("reports/line/metrics.json")]
-    assert f"test.rmse {doc['test']['rmse']!r} -> {true_rmse!r}" in line
+    assert f"test.rmse {doc['test']['rmse']:.6g} -> {true_rmse:.6g}" in line
+    assert line.endswith("; the committed file is not the one dvc.lock records (edited?)")
     assert got[("reports/line/loss_curve.png", "train@line")][0] == "missing"
     assert got[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
     assert res.stdout.strip().splitlines()[-1].startswith("verify FAILED")
