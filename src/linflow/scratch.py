@@ -73,6 +73,9 @@ class ScratchEngine:
         self.W, self.b = W.clone(), b.clone()
         self.loss, self.lr, self.weight_decay = loss, lr, weight_decay
 
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
     @torch.no_grad()
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         value, dW, db = loss_and_grads(X, y, self.W, self.b, self.loss)

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DATASETS = ("line", "synthetic", "diabetes", "digits")
+DATASETS = ("line", "synthetic", "diabetes", "digits", "fashion_mnist")
 KINDS = ("training", "reference")
 
 pytestmark = pytest.mark.slow
@@ -113,6 +113,9 @@ def test_default_params_reach_the_quality_bar(repo):
     assert m["line"]["r2"] >= 0.97
     assert m["synthetic"]["rmse"] <= 0.02
     assert m["digits"]["accuracy"] >= 0.95
+    assert m["fashion_mnist"]["accuracy"] >= 0.84  # d2l's softmax regression: 0.829-0.837
+    fashion = json.loads((path / "reports/fashion_mnist/compare.json").read_text())
+    assert abs(fashion["test"]["delta"]["accuracy"]) <= 0.005
     # diabetes: within 0.02 R^2 of scikit-learn's LinearRegression on the same split
     import numpy as np
     from sklearn.linear_model import LinearRegression
