@@ -99,7 +99,12 @@ def main() -> int:
     args = ap.parse_args()
 
     params = load_params(ROOT / "params.yaml")
-    cfg = params.train.classification
+    # The fashion_mnist training config (train.classification + its overrides).
+    cfg = (
+        params.train_config("fashion_mnist")
+        if "fashion_mnist" in params.datasets
+        else params.train.classification
+    )
     torch.set_num_threads(params.train.threads)
     ds_cfg = params.datasets.get("fashion_mnist")
     if ds_cfg is None:
