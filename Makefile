@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast verify lint format ui clean
+.PHONY: help setup fashion-data run test test-fast verify lint format ui bench clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
 
 # The venv is (re)built only when the dependency pins change: a second
 # `make run` reinstalls nothing.
@@ -20,10 +20,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed ## create .venv and install linflow with pinned dependencies
 
-run: setup ## set up .venv, then run the default pipeline (dvc repro)
+# Fashion-MNIST comes from a torchvision-layout cache, the Debian package
+# dataset-fashion-mnist, or the official mirror (prepare@fashion_mnist tries them
+# in that order). Install the package when we can; otherwise prepare explains.
+FASHION_DEB := /usr/share/datasets/fashion-mnist
+fashion-data: ## install the Debian package dataset-fashion-mnist when possible
+	@if [ -d "$(FASHION_DEB)" ] || [ -d data/cache/FashionMNIST/raw ] || [ -n "$$LINFLOW_DATA_ROOT" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian package dataset-fashion-mnist ..."; \
+	  { apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+	    || echo "could not install dataset-fashion-mnist; prepare@fashion_mnist will try the download mirror"; \
+	else \
+	  echo "note: Fashion-MNIST not found; 'sudo apt-get install dataset-fashion-mnist', or let prepare@fashion_mnist download it"; \
+	fi
+
+run: setup fashion-data ## set up .venv, then run the default pipeline (dvc repro)
 	dvc repro
 
-test: setup ## run the full test suite (unit + end-to-end pipeline)
+test: setup fashion-data ## run the full test suite (unit + end-to-end pipeline)
 	$(PY) -m pytest
 
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
@@ -43,6 +57,9 @@ format: setup ## apply ruff formatting and autofixes
 ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
 		--default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port 5000
+
+bench: setup fashion-data ## trainer benchmark (Fashion-MNIST): ratios to benchmarks/results/trainer.json
+	$(PY) benchmarks/bench_trainer.py --reps 3
 
 clean: ## remove pipeline outputs (not .venv, not mlflow.db)
 	rm -rf data/raw data/prepared models

@@ -128,7 +128,7 @@ def cmd_train(args) -> None:
 
     params = _params(args)
     ds = params.dataset(args.dataset)
-    cfg = params.train.for_task(ds.task)
+    cfg = params.train_config(args.dataset)
     data = Path(args.data)
     X, y, meta = _load_split(data, "train")
     X_val, y_val, _ = _load_split(data, "val")
@@ -374,7 +374,7 @@ def _check_task(path: Path, found: str, dataset: str, task: str) -> None:
 def cmd_reference(args) -> None:
     params = _params(args)
     ds = params.dataset(args.dataset)
-    cfg = params.train.for_task(ds.task)
+    cfg = params.train_config(args.dataset)
     data = Path(args.data)
     X, y, meta = _load_split(data, "train")
     X_test, y_test, _ = _load_split(data, "test")
@@ -507,7 +507,7 @@ def cmd_reference(args) -> None:
 def cmd_compare(args) -> None:
     params = _params(args)
     ds = params.dataset(args.dataset)
-    cfg = params.train.for_task(ds.task)
+    cfg = params.train_config(args.dataset)
     model_dir, reports, data = Path(args.model), Path(args.reports), Path(args.data)
 
     from linflow import plots, reference, tracking

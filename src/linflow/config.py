@@ -76,6 +76,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+class TrainOverrides(_Strict):
+    """Per-dataset overrides of train.<task> (e.g. Fashion-MNIST's larger batches)."""
+
+    impl: Literal["torch", "scratch"] | None = _allowed("one of 'torch', 'scratch'", default=None)
+    lr: PosFloat | None = None
+    batch_size: BatchSize | None = None
+    epochs: PosInt | None = None
+    weight_decay: NonNegFloat | None = None
+    patience: NonNegInt | None = None
+    lr_schedule: Literal["constant", "cosine"] | None = _allowed(
+        "one of 'constant', 'cosine'", default=None
+    )
+    seed: Seed | None = None
+
+
 # --- datasets -----------------------------------------------------------------
 
 
@@ -91,6 +106,7 @@ class LineSource(_Strict):
     x_min: FiniteFloat = -1.0
     x_max: FiniteFloat = 1.0
     standardize: bool = False
+    train: TrainOverrides = TrainOverrides()
 
     @model_validator(mode="after")
     def _range(self) -> LineSource:
@@ -109,6 +125,7 @@ class SyntheticSource(_Strict):
     b: FiniteFloat = 4.2
     noise: NonNegFloat = 0.01
     standardize: bool = False
+    train: TrainOverrides = TrainOverrides()
 
 
 class DiabetesSource(_Strict):
@@ -117,6 +134,7 @@ class DiabetesSource(_Strict):
     source: Literal["diabetes"]
     task: Literal["regression"] = _allowed("'regression' for source diabetes")
     standardize: bool = True
+    train: TrainOverrides = TrainOverrides()
 
 
 class DigitsSource(_Strict):
@@ -125,6 +143,7 @@ class DigitsSource(_Strict):
     source: Literal["digits"]
     task: Literal["classification"] = _allowed("'classification' for source digits")
     standardize: bool = True
+    train: TrainOverrides = TrainOverrides()
 
 
 class FashionMnistSource(_Strict):
@@ -139,6 +158,7 @@ class FashionMnistSource(_Strict):
     mirror: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     download: bool = True
     standardize: bool = False
+    train: TrainOverrides = TrainOverrides()
 
 
 DatasetConfig = Annotated[
@@ -183,6 +203,11 @@ class TrainConfig(_Strict):
     # Early stopping on validation loss: stop after `patience` epochs without
     # improvement and restore the best weights; 0 switches it off.
     patience: NonNegInt = 0
+    # 'cosine' anneals lr to 0 over `epochs` (per epoch): constant-lr minibatch SGD
+    # keeps bouncing around the optimum by an amount proportional to lr.
+    lr_schedule: Literal["constant", "cosine"] = _allowed(
+        "one of 'constant', 'cosine'", default="constant"
+    )
     seed: Seed = 0
 
 
@@ -310,6 +335,13 @@ class Params(_Strict):
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"datasets.{name}: dataset names must be letters, digits and '_'")
         return self
+
+    def train_config(self, name: str) -> TrainConfig:
+        """train.<task> of dataset `name`, with its datasets.<name>.train overrides."""
+        ds = self.dataset(name)
+        base = self.train.for_task(ds.task)
+        over = ds.train.model_dump(exclude_none=True)
+        return base.model_copy(update=over) if over else base
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from linflow.models import build_model
 from linflow.scratch import ScratchEngine, log_softmax
 
-__all__ = ["DivergenceError", "TrainResult", "fit", "lr_stability_bound", "make_engine"]
+__all__ = [
+    "DivergenceError",
+    "TrainResult",
+    "fit",
+    "lr_at",
+    "lr_stability_bound",
+    "make_engine",
+]
 
 
 class DivergenceError(RuntimeError):
@@ -69,6 +76,10 @@ class TorchEngine:
             lr=lr,
         )
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(X), y)
@@ -108,6 +119,13 @@ def _val_scores(engine, X: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[fl
     r = Z.squeeze(1) - y
     value = (r * r).mean() if loss == "mse" else r.abs().mean()
     return float(value), float((r * r).mean().sqrt())
+
+
+def lr_at(cfg, epoch: int) -> float:
+    """The learning rate of `epoch` (1-based) under cfg.lr_schedule."""
+    if getattr(cfg, "lr_schedule", "constant") == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+    return cfg.lr
 
 
 def lr_stability_bound(X: np.ndarray, weight_decay: float = 0.0) -> tuple[float, float]:
@@ -156,6 +174,7 @@ def fit(
     stopped_early = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        engine.set_lr(lr_at(cfg, epoch))
         if bs == n:
             # Full batch: the gradient is a mean over all rows, so the order is moot;
             # skipping the shuffle and the copy keeps thousands of epochs cheap.

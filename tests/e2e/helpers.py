@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DATASETS = ("line", "synthetic", "diabetes", "digits")
+DATASETS = ("line", "synthetic", "diabetes", "digits", "fashion_mnist")
 
 
 def run(
