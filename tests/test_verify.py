@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -250,10 +251,28 @@ def test_hand_edited_committed_metric_drifts_although_the_lock_matches(cfg):
     assert row.detail.endswith("; the committed file is not the one dvc.lock records (edited?)")
 
 
+def test_hand_edited_metric_fails_even_within_tolerance(cfg):
+    produced = _bytes(_metrics(rmse=0.05))
+    md5 = hashlib.md5(produced).hexdigest()  # what the committed lock records
+    committed = {METRICS.path: _bytes(_metrics(rmse=0.05 + 1e-9))}  # nudged by hand
+    rows = _rows(cfg, {METRICS.path: md5}, {METRICS.path: md5}, committed,
+                 {METRICS.path: produced}, outputs=[METRICS])  # fmt: skip
+    row = rows[METRICS.path]
+    assert row.status == "within tolerance" and row.failed and "(edited?)" in row.detail
+    # a file that matches its lock entry and moved within tolerance passes
+    other = hashlib.md5(committed[METRICS.path]).hexdigest()
+    rows = _rows(cfg, {METRICS.path: other}, {METRICS.path: md5}, committed,
+                 {METRICS.path: produced}, outputs=[METRICS])  # fmt: skip
+    assert not rows[METRICS.path].failed
+
+
 def test_metrics_within_tolerance_pass_unless_strict(cfg):
     committed = {METRICS.path: _bytes(_metrics(rmse=0.05))}
     current = {METRICS.path: _bytes(_metrics(rmse=0.05 + 1e-8))}
-    md5 = ({METRICS.path: MD5["c"]}, {METRICS.path: MD5["d"]})
+    md5 = (
+        {METRICS.path: hashlib.md5(committed[METRICS.path]).hexdigest()},
+        {METRICS.path: MD5["d"]},
+    )
     row = _rows(cfg, *md5, committed, current, outputs=[METRICS])[METRICS.path]
     assert row.status == "within tolerance" and not row.failed
     strict = cfg.model_copy(update={"strict": True})
