@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-data run test test-fast lint format ui bench clean
+.PHONY: help setup fashion-data run test test-fast verify lint format ui bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: setup fashion-data ## run the full test suite (unit + end-to-end pipeline)
 
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 	$(PY) -m pytest -m "not slow"
+
+verify: setup ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
+	linflow verify
 
 lint: setup ## ruff format --check + ruff check
 	$(VENV)/bin/ruff format --check src tests benchmarks

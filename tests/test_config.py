@@ -90,6 +90,25 @@ def test_missing_params_file(tmp_path):
 
 CLI_CASES = [
     ("train.regression.lr", -0.1, "lr must be a finite float > 0, got -0.1"),
+    (
+        "train.regression.lr",
+        float("nan"),
+        "train.regression.lr must be a finite float > 0, got nan",
+    ),
+    (
+        "train.regression.lr",
+        float("inf"),
+        "train.regression.lr must be a finite float > 0, got inf",
+    ),
+    ("train.regression.lr", 0.0, "train.regression.lr must be a finite float > 0, got 0.0"),
+    ("seed", -1, "seed must be an integer in [0, 2**32), got -1"),
+    ("seed", 2**32, "seed must be an integer in [0, 2**32), got 4294967296"),
+    (
+        "train.regression.batch_size",
+        0,
+        "train.regression.batch_size must be an integer >= 1, or 'full' for the whole train "
+        "split (full-batch gradient descent), got 0",
+    ),
     ("train.regression.epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
     ("train.regression.epochs", True, "epochs must be an integer >= 1, got True"),
     ("train.regression.learning_rate", 0.1, "learning_rate is not a known key"),

@@ -33,7 +33,10 @@ def test_stratified_split_keeps_class_proportions():
 
 def test_stratified_split_refuses_a_class_absent_from_a_split():
     y = np.array([0] * 50 + [1] * 2)
-    with pytest.raises(DataError, match="empty split for class 1"):
+    with pytest.raises(
+        DataError,
+        match=r"split\.val = 0\.15 leaves an empty val split for class 1 \(2 rows -> train/val/test = 2/0/0\)",
+    ):
         split_indices(y.size, (0.7, 0.15, 0.15), _rng(), y=y)
 
 

@@ -145,12 +145,25 @@ def test_divergence_leaves_a_failed_run_with_reason_and_no_weights(tmp_path, pre
     assert run.data.tags["linflow.failure"].startswith("training diverged")
 
 
-def test_sigterm_leaves_a_killed_run_and_no_weights(tmp_path, prepared, base_params):
+def _default_sigint():
+    # A shell running us in the background may ignore SIGINT, and the child would
+    # inherit that; a terminal's Ctrl-C reaches a process with the default handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "alias"),
+    [(signal.SIGTERM, 143, "digits_term"), (signal.SIGINT, 130, "digits_int")],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_signal_leaves_a_killed_run_and_no_weights(
+    tmp_path, prepared, base_params, sig, code, alias
+):
     params = _params(
         tmp_path,
         base_params,
         "classification",
-        "digits_term",
+        alias,
         epochs=100000,
         patience=0,
         batch_size=8,
@@ -163,7 +176,7 @@ def test_sigterm_leaves_a_killed_run_and_no_weights(tmp_path, prepared, base_par
             "--params",
             str(params),
             "train",
-            "digits_term",
+            alias,
             "--data",
             str(prepared / "digits"),
             "--model",
@@ -174,19 +187,23 @@ def test_sigterm_leaves_a_killed_run_and_no_weights(tmp_path, prepared, base_par
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.time() + 60
     while time.time() < deadline:
-        runs = _runs("digits_term")
+        runs = _runs(alias)
         if runs and _client().get_metric_history(runs[0].info.run_id, "train_loss"):
             break
         time.sleep(0.5)
     else:
         proc.kill()
         pytest.fail("training never started logging")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and "interrupted" in stderr
-    (run,) = _runs("digits_term")
+    assert (
+        proc.returncode == code and stderr.strip().splitlines()[-1] == "linflow train: interrupted"
+    )
+    assert "Traceback" not in stderr
+    (run,) = _runs(alias)
     assert run.info.status == "KILLED"
     assert not (tmp_path / "m" / "model.safetensors").exists()

@@ -1,4 +1,4 @@
-"""``linflow <stage> ...``: one subcommand per DVC stage; the wiring layer.
+"""``linflow <stage> ...``: one subcommand per DVC stage (+ ``verify``); the wiring layer.
 
 Each stage is thin: parse -> load and validate params and inputs -> call pure
 code -> write outputs atomically -> log. Heavy libraries (torch, sklearn,
@@ -703,6 +703,16 @@ def cmd_report(args) -> None:
     log.info("report: %d datasets -> %s", len(args.datasets), args.out)
 
 
+def cmd_verify(args) -> int:
+    """Re-run the pipeline (forced) and compare it with the committed dvc.lock and outputs."""
+    from linflow.reproduce import run_verify
+
+    params = _params(args)
+    report = run_verify(Path.cwd(), params.verify, list(args.targets))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 # --- entry point ------------------------------------------------------------------
 
 
@@ -748,6 +758,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reports", required=True, help="reports folder of the dataset")
     s.set_defaults(func=cmd_compare)
 
+    s = sub.add_parser(
+        "verify",
+        help="re-run the pipeline (dvc repro -f) and check it reproduces the committed results",
+        description="Force a re-run of the pipeline, check a second dvc repro runs nothing, "
+        "and compare every output with the committed dvc.lock and files: bit-identical, "
+        "metrics within params.yaml verify.tolerance, data exact, lock current. "
+        "Exit 1 with a table of what differs.",
+    )
+    s.add_argument(
+        "targets",
+        nargs="*",
+        help="stages to re-run with their upstream stages (default: the whole pipeline)",
+    )
+    s.set_defaults(func=cmd_verify)
+
     s = sub.add_parser("report", help="reports/summary.md over all datasets")
     s.add_argument("datasets", nargs="+")
     s.add_argument("--reports", required=True, help="reports root folder")
@@ -777,9 +802,15 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (ConfigError, DataError)
     try:
-        args.func(args)
+        code = args.func(args)
     except user_errors as exc:
         print(f"linflow {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # Writes go through storage.atomic_path (WriteError above); anything else the
+        # filesystem refuses (a read, a folder) is still the user's environment, not a bug.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"linflow {args.stage}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         # Divergence and tracking errors are user-facing too; import lazily to keep --help light.
@@ -793,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"linflow {args.stage}: interrupted", file=sys.stderr)
             return 130 if isinstance(exc, KeyboardInterrupt) else 143
         raise
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -23,6 +23,8 @@ __all__ = [
     "TrainConfig",
     "CompareTolerances",
     "ReferenceConfig",
+    "MetricTolerance",
+    "VerifySection",
     "load_params",
     "parse_params",
     "TASKS",
@@ -270,6 +272,50 @@ class CompareConfig(_Strict):
 CompareTolerances = RegressionTolerances | ClassificationTolerances
 
 
+# --- verify -------------------------------------------------------------------
+
+
+class MetricTolerance(_Strict):
+    """A metric value passes when |new - committed| <= abs + rel * |committed|."""
+
+    abs: NonNegFloat = 0.0
+    rel: NonNegFloat = 0.0
+
+
+class VerifySection(_Strict):
+    """What `linflow verify` accepts when a re-run differs from the committed results."""
+
+    # true: every output must be bit-identical (same platform, library versions and
+    # thread count); false: metrics may move within their tolerance, and models and
+    # figures that follow them may differ. Data (prepare, split) is always exact.
+    strict: bool = False
+    # Keys: `default`, or a pattern over a metric's dotted key (`test.rmse`,
+    # `test.per_class_accuracy.*`), optionally prefixed by its file
+    # (`reports/digits/metrics.json:test.accuracy`); the first matching pattern wins.
+    tolerance: Annotated[
+        dict[str, MetricTolerance],
+        _allowed("{abs: finite float >= 0, rel: finite float >= 0} per metric pattern"),
+    ] = {"default": MetricTolerance(abs=1e-6, rel=1e-4)}
+
+    @model_validator(mode="after")
+    def _patterns(self) -> VerifySection:
+        for key in self.tolerance:
+            if not key.strip():
+                raise ValueError("tolerance keys must be 'default' or a non-empty pattern")
+        return self
+
+    def tolerance_for(self, file: str, key: str) -> MetricTolerance:
+        """The tolerance of metric `key` (dotted) in metrics file `file`."""
+        from fnmatch import fnmatchcase
+
+        for pattern, tol in self.tolerance.items():
+            if pattern != "default" and (
+                fnmatchcase(key, pattern) or fnmatchcase(f"{file}:{key}", pattern)
+            ):
+                return tol
+        return self.tolerance.get("default", MetricTolerance())
+
+
 class Params(_Strict):
     seed: Seed = 0
     datasets: Annotated[
@@ -279,6 +325,7 @@ class Params(_Strict):
     train: TrainSection
     reference: ReferenceConfig = ReferenceConfig()
     compare: CompareConfig = CompareConfig()
+    verify: VerifySection = VerifySection()
 
     @model_validator(mode="after")
     def _names(self) -> Params:
@@ -323,10 +370,15 @@ def _field_description(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> s
             model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
             if part == "datasets":
                 model = "datasets"  # type: ignore[assignment]
+            elif get_origin(ann) is dict:
+                model = ("mapping", get_args(ann)[1])  # type: ignore[assignment]  # next: a key
         elif model == "datasets":
             model = "dataset"  # type: ignore[assignment]  # next part is the dataset name
         elif model == "dataset":
             model = _SOURCE_MODELS.get(part)
+        elif isinstance(model, tuple):
+            value = model[1]
+            model = value if isinstance(value, type) and issubclass(value, BaseModel) else None
         else:
             return desc
     return desc
@@ -371,7 +423,23 @@ def _format_error(err: dict[str, Any]) -> str:
     allowed = _field_description(Params, loc)
     if allowed is None:
         allowed = err["msg"].replace("Input should be ", "").rstrip(".")
-    return f"{key} must be {allowed}, got {value!r}"
+    return f"{key} must be {allowed}, got {value!r}{_number_hint(value)}"
+
+
+def _number_hint(value: Any) -> str:
+    """YAML 1.1 reads `1e-6` (no dot) as text: say how to write the number."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    text = repr(number)
+    if "e" in text and "." not in text:
+        text = text.replace("e", ".0e")
+    return f" (text, not a number: write {text})"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

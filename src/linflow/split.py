@@ -47,13 +47,18 @@ def split_indices(
     parts: list[list[np.ndarray]] = [[], [], []]
     for members in groups:
         counts = _counts(members.size, val_f, test_f)
-        wanted = [c for c, f in zip(counts, fractions, strict=True) if f > 0]
-        if min(wanted) < 1:
+        empty = [
+            name
+            for name, c, f in zip(("train", "val", "test"), counts, fractions, strict=True)
+            if f > 0 and c < 1
+        ]
+        if empty:
             what = "the data" if y is None else f"class {y[members[0]].item()!r}"
+            key = empty[0]
             raise DataError(
-                f"split fractions {fractions} leave an empty split for {what} "
-                f"({members.size} rows -> train/val/test = {counts}); use larger fractions "
-                "or more data"
+                f"split.{key} = {fractions[('train', 'val', 'test').index(key)]:g} leaves an empty "
+                f"{key} split for {what} ({members.size} rows -> train/val/test = "
+                f"{'/'.join(map(str, counts))}); use larger fractions or more data"
             )
         perm = members[rng.permutation(members.size)]
         a, b = counts[0], counts[0] + counts[1]

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "DataError",
+    "WriteError",
     "atomic_path",
     "write_bytes",
     "write_text",
@@ -46,16 +47,28 @@ class DataError(ValueError):
     """A user-visible problem with an input file; its message is one line."""
 
 
+class WriteError(DataError):
+    """An output could not be written (disk full, read-only folder, ...); one line.
+
+    Names the final path, not the temp file, since that is what the user asked for.
+    """
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it onto `path` on success.
 
-    On any exception the temp file is removed and `path` is left as it was.
+    On any exception the temp file is removed and `path` is left as it was; an
+    OSError (no space left, permission denied, ...) becomes a :class:`WriteError`
+    naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -63,9 +76,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
 
 

@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-DATASETS = ("line", "synthetic", "diabetes", "digits", "fashion_mnist")
+from .helpers import DATASETS, clone_reproduced, pipeline_env
+from .helpers import run as _run
+
 KINDS = ("training", "reference")
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def copy_repo(dest: Path) -> Path:
-    """What a fresh clone holds: tracked + untracked-but-not-ignored files, as a new git repo."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    env = pipeline_env()
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        _run(cmd, dest, env)
-    return dest
-
-
-def pipeline_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env.setdefault("GIT_AUTHOR_NAME", "t")
-    env.setdefault("GIT_AUTHOR_EMAIL", "t@example.com")
-    env.setdefault("GIT_COMMITTER_NAME", "t")
-    env.setdefault("GIT_COMMITTER_EMAIL", "t@example.com")
-    return env
 
 
 def mlflow_runs(repo: Path, kind: str = "training") -> dict[str, list]:
@@ -73,11 +29,10 @@ def mlflow_runs(repo: Path, kind: str = "training") -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dest = copy_repo(tmp_path_factory.mktemp("repo"))
-    committed_lock = (dest / "dvc.lock").read_text()
-    res = _run(["dvc", "repro"], dest, pipeline_env())
-    return dest, committed_lock, res
+def repo(reproduced, tmp_path_factory):
+    """This module's own copy of the session's reproduced repo (its tests change it)."""
+    path, committed_lock, res = reproduced
+    return clone_reproduced(path, tmp_path_factory.mktemp("pipeline") / "repo"), committed_lock, res
 
 
 def test_every_output_exists(repo):

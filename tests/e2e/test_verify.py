@@ -1,0 +1,159 @@
+"""`linflow verify` on a real repo: what passes, and what it must catch.
+
+Each test re-runs one dataset's chain (`linflow verify <stage>`: that stage and
+its upstream stages, forced) in its own copy of the session's reproduced repo;
+`make verify` in CI runs the whole pipeline the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import clone_reproduced, pipeline_env, run
+
+pytestmark = pytest.mark.slow
+
+LINE_OUTPUTS = [
+    ("data/raw/line.npz", "prepare@line"),
+    ("data/prepared/line", "split@line"),
+    ("models/line", "train@line"),
+    ("reports/line/history.csv", "train@line"),
+    ("reports/line/loss_curve.png", "train@line"),
+    ("reports/line/predictions.csv", "evaluate@line"),
+    ("reports/line/metrics.json", "evaluate@line"),
+    ("reports/line/predictions.png", "evaluate@line"),
+]
+
+
+@pytest.fixture
+def repo(reproduced, tmp_path) -> Path:
+    return clone_reproduced(reproduced[0], tmp_path / "repo")
+
+
+def verify(repo: Path, *targets: str):
+    return run(["linflow", "verify", *targets], repo, pipeline_env(), check=False)
+
+
+def rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """(path, stage) -> [status words..., detail...] of the table before 'What differs:'."""
+    table = stdout.split("\n\nWhat differs:")[0].splitlines()[1:]
+    return {tuple(ln.split()[:2]): ln.split()[2:] for ln in table if ln.strip()}
+
+
+def differs(stdout: str) -> list[str]:
+    """The rows of the 'What differs:' table."""
+    if "What differs:" not in stdout:
+        return []
+    return stdout.split("What differs:\n")[1].split("\n\n")[0].splitlines()[1:]
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(["git", *args], repo, pipeline_env()).stdout
+
+
+def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
+    runs_before = _training_runs(repo)
+    proc = subprocess.Popen(
+        ["linflow", "verify", "evaluate@line"], cwd=repo, env=pipeline_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        echoed = []
+        for line in proc.stderr:  # verify echoes its `dvc repro -f`
+            echoed.append(line)
+            if line.startswith("Running stage 'split@line'"):
+                break
+        # A second `dvc repro` meanwhile is refused at once with DVC's lock message ...
+        t0 = time.monotonic()
+        second = run(["dvc", "repro"], repo, pipeline_env(), check=False)
+        elapsed = time.monotonic() - t0
+        assert proc.poll() is None, "the forced re-run ended before the second repro started"
+    finally:
+        stdout, rest = proc.communicate(timeout=300)
+    assert second.returncode != 0 and elapsed < 15, (elapsed, second.stderr)
+    assert "is busy, it is being blocked by" in second.stderr or (
+        "Unable to acquire lock" in second.stderr
+    )
+    # ... and the first is unaffected: every output bit-identical, the lock current.
+    stderr = "".join(echoed) + rest
+    assert proc.returncode == 0, stdout + stderr
+    got = rows(stdout)
+    for path, stage in LINE_OUTPUTS:
+        assert got[(path, stage)] == ["bit-identical"], (path, stdout)
+    assert stdout.strip().endswith("verify OK: 8 outputs; 8 bit-identical")
+    for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
+        assert f"Running stage '{stage}'" in stderr  # forced: each really ran
+    assert git(repo, "status", "--porcelain", "reports") == ""
+    assert _training_runs(repo) == runs_before  # its runs went to a throwaway store
+
+
+def _training_runs(repo: Path) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("linflow-line")
+    return len(client.search_runs([exp.experiment_id]))
+
+
+def test_an_edited_metric_and_a_missing_report_fail_naming_them(repo):
+    path = repo / "reports/line/metrics.json"
+    doc = json.loads(path.read_text())
+    true_rmse = doc["test"]["rmse"]
+    doc["test"]["rmse"] = round(true_rmse * 0.5, 6)  # a better number than the pipeline gives
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    git(repo, "rm", "-q", "reports/line/loss_curve.png")  # a report left out of the commit
+    git(repo, "commit", "-qam", "better rmse, no loss curve")
+
+    res = verify(repo, "evaluate@line")
+
+    assert res.returncode == 1
+    got = rows(res.stdout)
+    assert got[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
+    (line,) = [ln for ln in differs(res.stdout) if ln.startswith("reports/line/metrics.json")]
+    assert f"test.rmse {doc['test']['rmse']:.6g} -> {true_rmse:.6g}" in line
+    assert line.endswith("; the committed file is not the one dvc.lock records (edited?)")
+    assert got[("reports/line/loss_curve.png", "train@line")][0] == "missing"
+    assert got[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
+    assert res.stdout.strip().splitlines()[-1].startswith("verify FAILED")
+
+
+def test_a_changed_seed_without_a_new_lock_fails_listing_the_data_outputs(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "seed 1, lock not updated")
+
+    res = verify(repo, "split@line")
+
+    assert res.returncode == 1
+    got = rows(res.stdout)
+    assert got[("data/raw/line.npz", "prepare@line")][0] == "changed"
+    assert got[("data/prepared/line", "split@line")][0] == "changed"
+    what = "\n".join(differs(res.stdout))
+    assert "data/raw/line.npz" in what and "data/prepared/line" in what
+    assert "data must be bit-identical" in what
+    # the folder's changed files are named, from the manifests in the DVC cache
+    assert "(test.npz, train.npz, val.npz)" in what
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("params.yaml:seed")]
+    assert "prepare@line +1" in stale and "stale lock" in stale and "committed 0, now 1" in stale
+
+
+def test_a_stale_lock_fails_even_when_the_outputs_are_identical(repo):
+    # A dependency edited without re-running: dvc status on a clean clone would show it.
+    dep = repo / "src/linflow/datasets/synthetic.py"
+    dep.write_text(dep.read_text() + "\n# a comment: same outputs, new md5\n")
+    git(repo, "commit", "-qam", "edit a dependency, forget dvc repro")
+
+    res = verify(repo, "prepare@line")
+
+    assert res.returncode == 1
+    assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
+    (stale,) = differs(res.stdout)
+    assert stale.split()[:4] == ["src/linflow/datasets", "prepare@line", "stale", "lock"]
