@@ -43,7 +43,7 @@ test: setup fashion-data ## run the full test suite (unit + end-to-end pipeline)
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 	$(PY) -m pytest -m "not slow"
 
-verify: setup ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
+verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
 	linflow verify
 
 lint: setup ## ruff format --check + ruff check
