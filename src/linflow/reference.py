@@ -182,16 +182,21 @@ def fit_logistic_regression(
         max_iter=max_iter,
         tol=tol,
     )
+    # Fit on centred features: the intercept is unpenalised, so x.W + b = (x - mu).W
+    # + (b + mu.W) is the same model and the optimum W is unchanged, while lbfgs
+    # converges much faster without the mean direction (Fashion-MNIST pixels: 135
+    # iterations / 17 s instead of 224 / 30 s at tol 1e-4).
+    mu = X.mean(axis=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(X, y)
+        model.fit(X - mu, y)
     converged = True
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             converged = False
         else:  # not ours to swallow
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    W, b = model.coef_, model.intercept_
+    W, b = model.coef_, model.intercept_ - model.coef_ @ mu
     if n_classes == 2:  # one binary vector v = w_1 - w_0 -> softmax rows [-v/2, v/2]
         W, b = np.vstack([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
     W, b = centre_softmax(W, b)
