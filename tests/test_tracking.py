@@ -207,3 +207,33 @@ def test_signal_leaves_a_killed_run_and_no_weights(
     (run,) = _runs(alias)
     assert run.info.status == "KILLED"
     assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_retraining_to_the_same_weights_copies_test_results(tmp_path, prepared, base_params):
+    """DVC re-runs train when a param changes even where the weights cannot (a dataset's
+    own override wins) and then skips evaluate: the new run gets the earlier run's
+    test metrics and artifacts instead of none."""
+    params = _params(tmp_path, base_params, "regression", "line_same", epochs=5)
+    stage = ["--data", str(prepared / "line"), "--model", str(tmp_path / "m")]
+    reports = ["--reports", str(tmp_path / "r")]
+    linflow("train", "line_same", *stage, *reports, params=params, cwd=ROOT)
+    (first,) = _runs("line_same")
+    assert linflow("evaluate", "line_same", *stage, *reports, params=params, cwd=ROOT)
+    res = linflow("train", "line_same", *stage, *reports, params=params, cwd=ROOT)
+    assert "same weights as MLflow run" in res.stderr
+    runs = {r.info.run_id: r for r in _runs("line_same")}
+    assert len(runs) == 2
+    (second,) = (r for rid, r in runs.items() if rid != first.info.run_id)
+    first = runs[first.info.run_id]
+    assert second.info.status == "FINISHED"
+    assert second.data.tags["linflow.results_from"] == first.info.run_id
+    tests = {k: v for k, v in first.data.metrics.items() if k.startswith("test_")}
+    assert tests and {k: second.data.metrics[k] for k in tests} == tests
+    names = {a.path for a in _client().list_artifacts(second.info.run_id)}
+    assert {"metrics.json", "predictions.png", "history.csv", "model"} <= names
+    # Different weights borrow nothing.
+    other = _params(tmp_path, base_params, "regression", "line_same", epochs=6)
+    linflow("train", "line_same", *stage, *reports, params=other, cwd=ROOT)
+    newest = max(_runs("line_same"), key=lambda r: r.info.start_time)
+    assert "linflow.results_from" not in newest.data.tags
+    assert not any(k.startswith("test_") for k in newest.data.metrics)

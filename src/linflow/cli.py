@@ -293,7 +293,16 @@ def cmd_train(args) -> None:
         )
         run.log_artifacts([reports / "history.csv", reports / "loss_curve.png"])
         run.log_artifacts([weights_path, model_dir / "model.json"], "model")
-        run.set_tags({tracking.WEIGHTS_TAG: file_md5(weights_path)})
+        weights_md5 = file_md5(weights_path)
+        run.set_tags({tracking.WEIGHTS_TAG: weights_md5})
+        donor = run.adopt_results(weights_md5)
+        if donor:
+            log.info(
+                "train %s: same weights as MLflow run %s; its test and compare results "
+                "are copied (DVC skips evaluate when the weights did not change)",
+                args.dataset,
+                donor,
+            )
 
 
 def _version(dist: str) -> str:

@@ -39,6 +39,7 @@ __all__ = [
 WEIGHTS_TAG = "linflow.weights_md5"
 FAILURE_TAG = "linflow.failure"
 KIND_TAG = "linflow.kind"  # 'training' or 'reference'
+ADOPTED_TAG = "linflow.results_from"  # run whose test/compare results this one re-uses
 EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
 EPOCH_FLUSH_S = 2.0
 
@@ -231,6 +232,56 @@ class TrainingRun:
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for p in paths:
             self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def adopt_results(self, weights_md5: str) -> str | None:
+        """Copy evaluate's and compare's results from an earlier run with these weights.
+
+        DVC re-runs train when any of its params changes, also where the effective
+        config -- and so the weights -- did not (a dataset whose own override wins).
+        evaluate then sees unchanged deps and is skipped, so without this the new run
+        would never get its test metrics. Same weights, same numbers: the latest
+        FINISHED run that produced them and has test metrics lends its ``test_*`` /
+        ``ref_*`` metrics, compare tags and non-training artifacts; tag
+        ``linflow.results_from`` names it. Returns its run id, or None.
+        """
+        from mlflow.entities import Metric, RunTag
+
+        runs = self.client.search_runs(
+            [self.client.get_run(self.run_id).info.experiment_id],
+            filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=20,
+        )
+        src = next(
+            (
+                r
+                for r in runs
+                if r.info.run_id != self.run_id
+                and any(k.startswith("test_") for k in r.data.metrics)
+            ),
+            None,
+        )
+        if src is None:
+            return None
+        ts = int(time.time() * 1000)
+        metrics = [
+            Metric(k, v, ts, 0)
+            for k, v in sorted(src.data.metrics.items())
+            if k.startswith(("test_", "ref_"))
+        ]
+        tags = [RunTag(k, v) for k, v in src.data.tags.items() if k == "linflow.compare"]
+        tags.append(RunTag(ADOPTED_TAG, src.info.run_id))
+        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+        mine = {a.path for a in self.client.list_artifacts(self.run_id)}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for art in self.client.list_artifacts(src.info.run_id):
+                if art.is_dir or art.path in mine:
+                    continue
+                local = self.client.download_artifacts(src.info.run_id, art.path, tmp)
+                self.client.log_artifact(self.run_id, local)
+        return src.info.run_id
 
     def _end(self, status: str, reason: str | None = None) -> None:
         try:

@@ -136,6 +136,16 @@ def test_changing_classification_lr_reruns_only_classification(repo):
     # B adds one run per classification dataset (fashion_mnist re-trains too: its
     # train.classification params changed, even where its own overrides win)
     assert runs_b == {ds: n + (ds in ("digits", "fashion_mnist")) for ds, n in runs_before.items()}
+    # Every run B added is complete. fashion_mnist's own lr override wins, so it re-trained
+    # to the same weights and DVC skipped its evaluate: the run re-uses the results of the
+    # run that first produced those weights.
+    for ds in ("digits", "fashion_mnist"):
+        newest = max(mlflow_runs(path)[ds], key=lambda r: r.info.start_time)
+        assert newest.info.status == "FINISHED", ds
+        assert "test_accuracy" in newest.data.metrics, ds
+        assert "ref_test_accuracy" in newest.data.metrics, ds
+        assert newest.data.tags["linflow.compare"] == "pass", ds
+    assert "Running stage 'evaluate@fashion_mnist'" not in res.stdout
     back = _run(["dvc", "repro"], path, pipeline_env())  # back to A: DVC's run cache
     assert "Stage 'train@digits' is cached" in back.stdout
     assert {ds: len(r) for ds, r in mlflow_runs(path).items()} == runs_b  # ... adds none
