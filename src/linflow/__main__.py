@@ -1,5 +1,5 @@
 import sys
 
-from linflow.cli import main
+from linflow.launch import main
 
 sys.exit(main())

@@ -1,0 +1,396 @@
+"""A warm worker for pipeline stages: the heavy imports are paid once, not per stage.
+
+`dvc repro` runs every stage as a new process, and importing torch, mlflow (with
+its sqlite store), scikit-learn and matplotlib costs ~5 s of a ~6 s stage here:
+31 stages spent most of their time importing. Under DVC (``DVC_STAGE`` set), the
+``linflow`` command therefore hands its stage to a worker that already imported
+them: the worker forks a child per stage, which takes over the client's stdin,
+stdout and stderr (passed over a Unix socket), cwd, environment and argv, and
+runs ``linflow.cli.main`` exactly as the process would have. The child imports
+linflow itself fresh from disk, so edited code is always what runs; only
+third-party modules are preloaded. Outputs are byte-identical either way (tested).
+
+- The first stage starts the worker in the background and runs locally; stages
+  use it once it has finished importing (never waiting for it).
+- Ctrl-C, SIGTERM and SIGHUP sent to the client are forwarded to the child (a run
+  ends KILLED as usual); if the client dies, the child gets SIGTERM. The client
+  exits with the child's status, re-raising its signal if it died of one.
+- One worker per interpreter, installed packages and environment (a different
+  value of any variable, say OMP_NUM_THREADS, gets its own); the socket lives in
+  a 0700 folder of this user, and the worker serves only this uid.
+- The worker exits after ``LINFLOW_PRELOAD_IDLE`` seconds (default 60) without
+  work. ``LINFLOW_PRELOAD=0`` switches it off, ``=1`` also uses it outside DVC.
+
+Nothing here is imported by a stage's code; cli.py does not know about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+# Imported by the worker before it serves; each saves its import in every stage.
+PRELOAD = (
+    "numpy",
+    "yaml",
+    "pydantic",
+    "safetensors.numpy",
+    "threadpoolctl",
+    "torch",
+    "torch.nn",
+    "torch.optim",
+    "torch._dynamo",  # torch.optim imports it on the first step (~2 s)
+    "scipy.optimize",
+    "sklearn.linear_model",
+    "sklearn.datasets",
+    "sklearn.exceptions",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "mlflow",
+    "mlflow.entities",
+    "mlflow.tracking",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.tracking.rest_store",
+)
+# Environment variables that differ between stages of one run and are read only
+# when used: they do not need a worker of their own.
+_VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "COLUMNS", "LINES")
+_FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_HEADER = struct.Struct("!I")
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether this `linflow` invocation should go through the worker."""
+    setting = os.environ.get("LINFLOW_PRELOAD", "")
+    if setting == "0" or os.name != "posix":
+        return False
+    if setting != "1" and "DVC_STAGE" not in os.environ:
+        return False
+    stages = {"prepare", "split", "train", "evaluate", "reference", "compare", "report"}
+    words = [a for a in argv if not a.startswith("-")]
+    return bool(words) and words[0] in stages and not {"-h", "--help"} & set(argv)
+
+
+def _key() -> str:
+    h = hashlib.sha256()
+    h.update(f"{sys.executable}\0{sys.prefix}\0{sys.version}\0".encode())
+    import site
+
+    for d in [*site.getsitepackages(), os.path.dirname(os.path.abspath(__file__))]:
+        with contextlib.suppress(OSError):
+            h.update(f"{d}\0{os.stat(d).st_mtime_ns}\0".encode())
+    with contextlib.suppress(OSError):
+        st = os.stat(__file__)
+        h.update(f"{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    for k in sorted(os.environ):
+        if k in _VOLATILE or k.startswith(("DVC_", "LINFLOW_PRELOAD")):
+            continue
+        h.update(f"{k}={os.environ[k]}\0".encode())
+    return h.hexdigest()[:20]
+
+
+def _folder() -> str | None:
+    """This user's private folder for worker sockets, or None when it is not private."""
+    base = os.environ.get("LINFLOW_PRELOAD_DIR") or os.path.join(
+        os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"linflow-preload-{os.getuid()}"
+    )
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(base, mode=0o700)
+    try:
+        st = os.lstat(base)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return base
+
+
+def _paths() -> tuple[str, str, str] | None:
+    folder = _folder()
+    if folder is None:
+        return None
+    stem = os.path.join(folder, _key())
+    return stem + ".sock", stem + ".lock", stem + ".log"
+
+
+# --- client ---------------------------------------------------------------------
+
+
+def run(argv: list[str]) -> int | None:
+    """Run `linflow argv` in the worker; None when there is none ready (run it here)."""
+    paths = _paths()
+    if paths is None:
+        return None
+    sock_path, lock_path, log_path = paths
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(sock_path)
+    except OSError:
+        sock.close()
+        _start_worker(lock_path, log_path)
+        return None
+    request = json.dumps(
+        {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path}
+    ).encode()
+    try:
+        socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
+        reply = sock.makefile("rb")
+        first = reply.readline().split()
+    except OSError:
+        first = []
+    if len(first) != 2 or first[0] != b"PID":
+        sock.close()  # the worker is going away: this stage runs here
+        return None
+    pid = int(first[1])
+
+    def forward(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in _FORWARD:
+        signal.signal(sig, forward)
+    try:
+        last = reply.readline().split()
+    except OSError:
+        last = []
+    if len(last) != 2 or last[0] != b"EXIT":
+        print("linflow: error: the preload worker went away during the stage", file=sys.stderr)
+        return 1
+    code = int(last[1])
+    if code < 0:  # died of a signal: so do we, for whoever waits on us
+        for sig in _FORWARD:
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
+def _start_worker(lock_path: str, log_path: str) -> None:
+    """Start a worker in the background unless one is already starting."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return  # a worker holds it: it is still importing
+    os.close(fd)  # the worker takes the lock itself; a racing second one exits
+    import subprocess
+
+    try:
+        log = open(log_path, "ab")
+    except OSError:
+        return
+    with log:
+        subprocess.Popen(
+            [sys.executable, "-c", "import linflow.preload as p; p.serve()"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
+        )
+
+
+# --- worker ---------------------------------------------------------------------
+
+
+def serve() -> None:
+    paths = _paths()
+    if paths is None:
+        return
+    sock_path, lock_path, _ = paths
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # another worker won the race
+    if "" in sys.path:
+        sys.path.remove("")
+    import importlib
+    import logging
+
+    t0 = time.perf_counter()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional piece costs only its import later
+            print(f"preload: {name}: {exc}", flush=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger().handlers.clear()
+    print(f"preload: ready in {time.perf_counter() - t0:.1f} s (pid {os.getpid()})", flush=True)
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    listener.listen(16)
+    sock_ino = os.stat(sock_path).st_ino
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a wake-up: we then stop below
+    idle = float(os.environ.get("LINFLOW_PRELOAD_IDLE", "60"))
+    children: dict[int, socket.socket] = {}  # pid -> the client's connection
+    gone: set[socket.socket] = set()  # connections whose client died
+    last_work = time.monotonic()
+    stop = False
+    while True:
+        _reap(children, gone)
+        if children:
+            last_work = time.monotonic()
+        elif stop or time.monotonic() - last_work > idle or not _still_ours(sock_path, sock_ino):
+            break
+        timeout = None if children else max(0.0, idle - (time.monotonic() - last_work)) + 0.01
+        try:
+            watch = [c for c in children.values() if c not in gone]
+            ready, _, _ = select.select([listener, wake_r, *watch], [], [], timeout)
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                got = os.read(wake_r, 512)
+                stop = stop or signal.SIGTERM in got
+        for conn in [c for c in ready if c not in (listener, wake_r)]:
+            with contextlib.suppress(OSError):
+                if conn.recv(1, socket.MSG_PEEK) == b"":  # the client is gone
+                    gone.add(conn)
+                    pid = next(p for p, c in children.items() if c is conn)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+        if listener in ready and not stop:
+            _accept(listener, children, [listener.fileno(), wake_r, wake_w, lock_fd])
+            last_work = time.monotonic()
+    if _still_ours(sock_path, sock_ino):
+        with contextlib.suppress(OSError):
+            os.unlink(sock_path)
+    listener.close()
+
+
+def _still_ours(sock_path: str, ino: int) -> bool:
+    try:
+        return os.stat(sock_path).st_ino == ino
+    except OSError:
+        return False
+
+
+def _reap(children: dict[int, socket.socket], gone: set[socket.socket]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        gone.discard(conn)
+        with contextlib.suppress(OSError):
+            conn.sendall(f"EXIT {code}\n".encode())
+        conn.close()
+
+
+def _accept(listener: socket.socket, children: dict, private: list[int]) -> None:
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return
+    fds: list[int] = []
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            raise PermissionError("another user")
+        conn.settimeout(10)
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+        if len(fds) != 3 or len(data) < _HEADER.size:
+            raise ValueError("bad request")
+        (size,) = _HEADER.unpack_from(data)
+        data = data[_HEADER.size :]
+        while len(data) < size:
+            more = conn.recv(size - len(data))
+            if not more:
+                raise ValueError("short request")
+            data += more
+        request = json.loads(data)
+        conn.settimeout(None)
+    except (OSError, ValueError) as exc:
+        print(f"preload: refused a request: {exc}", flush=True)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
+    pid = os.fork()
+    if pid == 0:  # the stage
+        try:
+            for fd in [*private, *(c.fileno() for c in children.values())]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            conn.close()
+            code = _child(request, fds)
+        except BaseException:  # noqa: BLE001 - nothing may escape into the worker's loop
+            code = 1
+        os._exit(code)
+    for fd in fds:
+        os.close(fd)  # else the worker would hold the client's pipes open
+    children[pid] = conn
+    with contextlib.suppress(OSError):
+        conn.sendall(f"PID {pid}\n".encode())
+
+
+def _child(request: dict, fds: list[int]) -> int:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[:] = request["path"]
+    sys.argv = [sys.argv[0] if sys.argv else "linflow", *request["argv"]]
+    code: int = 1
+    try:
+        from linflow.cli import main
+
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | None):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - report like the interpreter would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    return code if 0 <= code < 256 else 1
