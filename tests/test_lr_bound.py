@@ -77,3 +77,28 @@ def test_fit_records_the_trajectory_on_request(every, epochs, expected):
     assert recorded.trajectory_weight.shape == (len(expected), 1, 3)
     assert recorded.trajectory_bias.shape == (len(expected), 1)
     np.testing.assert_array_equal(recorded.trajectory_weight[-1], result.weight)
+
+
+def test_momentum_widens_the_bound_and_reaches_the_optimum_sooner():
+    """Heavy ball on a quadratic is stable for lr < 2 (1 + m) / lambda_max and, on an
+    ill-conditioned problem, gets as close in far fewer epochs than plain GD."""
+    g = np.random.default_rng(0)
+    X = g.normal(size=(200, 3)) @ np.diag([1.0, 0.1, 0.03])  # condition number ~1e3
+    y = X @ np.array([1.0, -2.0, 3.0]) + 0.5
+    lam, plain = lr_stability_bound(X)
+    _, heavy = lr_stability_bound(X, momentum=0.9)
+    assert heavy == pytest.approx(1.9 * plain) and plain == pytest.approx(2 / lam)
+    Xa = np.hstack([X, np.ones((200, 1))])
+    w_star = np.linalg.lstsq(Xa, y, rcond=None)[0]
+
+    def error(momentum: float, epochs: int) -> float:
+        cfg = RegressionTrain(
+            lr=0.9 * plain, batch_size="full", epochs=epochs, momentum=momentum, seed=0
+        )
+        engine = make_engine("scratch", "regression", 3, 0, cfg, dtype=torch.float64)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        res = fit(engine, Xt, yt, Xt, yt, cfg)
+        w = np.concatenate([res.weight.ravel(), res.bias.ravel()])
+        return float(np.linalg.norm(w - w_star) / np.linalg.norm(w_star))
+
+    assert error(0.9, 600) < 1e-3 < error(0.0, 600)

@@ -46,10 +46,11 @@ def engines(task: str, loss: str, cfg, k: int = K):
     return torch_engine, scratch_engine
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["sgd", "momentum"])
 @pytest.mark.parametrize(("task", "loss"), CASES)
-def test_scratch_and_torch_agree_step_by_step(task, loss):
+def test_scratch_and_torch_agree_step_by_step(task, loss, momentum):
     X, y = make_data(task)
-    cfg = make_cfg(task, loss)
+    cfg = make_cfg(task, loss, momentum=momentum)
     torch_engine, scratch_engine = engines(task, loss, cfg)
     W0, _ = scratch_engine.get_params()
     g = torch.Generator().manual_seed(1)

@@ -147,7 +147,7 @@ def cmd_train(args) -> None:
 
     from linflow import plots, tracking
     from linflow.storage import file_md5, save_npz, save_weights, write_csv, write_json
-    from linflow.training import fit, lr_stability_bound, make_engine
+    from linflow.training import bound_name, fit, lr_stability_bound, make_engine
 
     torch.set_num_threads(params.train.threads)
     class_names = [str(c) for c in meta["class_names"]]
@@ -156,20 +156,23 @@ def cmd_train(args) -> None:
     lr_bound = None
     derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
     if ds.task == "regression" and cfg.loss == "mse":
-        lam, lr_bound = lr_stability_bound(X, cfg.weight_decay)
+        lam, lr_bound = lr_stability_bound(X, cfg.weight_decay, cfg.momentum)
         derived.update(lambda_max=lam, lr_bound=lr_bound)
+        name = bound_name(cfg.momentum)
         log.info(
-            "train %s: lambda_max = %.4g, stable lr bound 2/lambda_max = %.4g",
+            "train %s: lambda_max = %.4g, stable lr bound %s = %.4g",
             args.dataset,
             lam,
+            name,
             lr_bound,
         )
         if cfg.lr > lr_bound:
             log.warning(
-                "train %s: lr=%g exceeds the full-batch stable step bound 2/lambda_max = %.4g; "
+                "train %s: lr=%g exceeds the full-batch stable step bound %s = %.4g; "
                 "training may diverge",
                 args.dataset,
                 cfg.lr,
+                name,
                 lr_bound,
             )
     k = n_classes if ds.task == "classification" else 1
@@ -388,6 +391,8 @@ def cmd_reference(args) -> None:
     X, y, meta = _load_split(data, "train")
     X_test, y_test, _ = _load_split(data, "test")
     _check_task(data, str(meta["task"]), args.dataset, ds.task)
+    # Every fit and measure works in float64: convert once, not per call.
+    X, X_test = X.astype(np.float64), X_test.astype(np.float64)
 
     import sklearn.linear_model  # noqa: F401  # imported here so fit times exclude it
     from threadpoolctl import threadpool_limits
@@ -539,6 +544,7 @@ def cmd_compare(args) -> None:
     X, y, meta = _load_split(data, "train")
     X_test, y_test, _ = _load_split(data, "test")
     _check_task(data, str(meta["task"]), args.dataset, ds.task)
+    X, X_test = X.astype(np.float64), X_test.astype(np.float64)  # measures are float64
     for what, found in (("model", card["task"]), ("reference", ref_doc["task"])):
         if found != ds.task:
             raise DataError(

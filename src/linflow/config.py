@@ -44,6 +44,7 @@ PosFloat = Annotated[float, _allowed("a finite float > 0", gt=0, allow_inf_nan=F
 NonNegFloat = Annotated[float, _allowed("a finite float >= 0", ge=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, _allowed("a finite float", allow_inf_nan=False)]
 Fraction = Annotated[float, _allowed("a float in (0, 1)", gt=0, lt=1, allow_inf_nan=False)]
+Momentum = Annotated[float, _allowed("a float in [0, 1)", ge=0, lt=1, allow_inf_nan=False)]
 PosInt = Annotated[int, _allowed("an integer >= 1", ge=1)]
 NonNegInt = Annotated[int, _allowed("an integer >= 0", ge=0)]
 Seed = Annotated[int, _allowed("an integer in [0, 2**32)", ge=0, lt=2**32)]
@@ -84,6 +85,7 @@ class TrainOverrides(_Strict):
     batch_size: BatchSize | None = None
     epochs: PosInt | None = None
     weight_decay: NonNegFloat | None = None
+    momentum: Momentum | None = None
     patience: NonNegInt | None = None
     lr_schedule: Literal["constant", "cosine"] | None = _allowed(
         "one of 'constant', 'cosine'", default=None
@@ -200,6 +202,9 @@ class TrainConfig(_Strict):
     batch_size: BatchSize
     epochs: PosInt
     weight_decay: NonNegFloat = 0.0
+    # Heavy-ball momentum as torch.optim.SGD has it (v <- m v + g; w <- w - lr v); 0 is
+    # plain SGD. Ill-conditioned problems need ~sqrt(condition number) times fewer steps.
+    momentum: Momentum = 0.0
     # Early stopping on validation loss: stop after `patience` epochs without
     # improvement and restore the best weights; 0 switches it off.
     patience: NonNegInt = 0

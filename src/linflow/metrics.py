@@ -20,7 +20,9 @@ __all__ = [
 
 def predict_linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """X (n, d), W (k, d), b (k,) -> outputs (n, k) in float64."""
-    return X.astype(np.float64) @ W.astype(np.float64).T + b.astype(np.float64)  # (n, k)
+    # asarray: no copy when X is float64 already (callers convert big inputs once).
+    X, W, b = (np.asarray(a, dtype=np.float64) for a in (X, W, b))
+    return X @ W.T + b  # (n, k)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

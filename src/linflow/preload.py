@@ -233,6 +233,7 @@ def serve() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    _warm_matplotlib()
     logging.getLogger().handlers.clear()
     print(f"preload: ready in {time.perf_counter() - t0:.1f} s (pid {os.getpid()})", flush=True)
 
@@ -283,6 +284,25 @@ def serve() -> None:
         with contextlib.suppress(OSError):
             os.unlink(sock_path)
     listener.close()
+
+
+def _warm_matplotlib() -> None:
+    """Draw one throw-away figure: fonts and glyph caches load here, not in every stage."""
+    try:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([1, 2], [1, 10], label="x")
+        ax.set_yscale("log")
+        ax.set_title("warm-up")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)
+    except Exception as exc:  # only a lost warm-up
+        print(f"preload: matplotlib warm-up: {exc}", flush=True)
 
 
 def _still_ours(sock_path: str, ino: int) -> bool:

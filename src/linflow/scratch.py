@@ -69,9 +69,20 @@ def sgd_step(W, b, dW, db, lr: float, weight_decay: float) -> None:
 class ScratchEngine:
     """The training engine for impl: scratch (same interface as TorchEngine)."""
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, loss: str, lr: float, weight_decay: float):
+    def __init__(
+        self,
+        W: torch.Tensor,
+        b: torch.Tensor,
+        loss: str,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.0,
+    ):
         self.W, self.b = W.clone(), b.clone()
         self.loss, self.lr, self.weight_decay = loss, lr, weight_decay
+        self.momentum = momentum
+        self._vW: torch.Tensor | None = None  # velocities (momentum > 0), as torch.optim.SGD
+        self._vb: torch.Tensor | None = None
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr
@@ -101,9 +112,25 @@ class ScratchEngine:
             else:
                 value = r.abs().mean()
                 G = r.sign_()
+        if self.momentum:
+            self._momentum_step(G.T @ X / n, G.sum(dim=0) / n)
+            return value
         W.addmm_(G.T, X, beta=1.0 - self.lr * self.weight_decay, alpha=-self.lr / n)
         b.sub_(G.sum(dim=0), alpha=self.lr / n)
         return value
+
+    def _momentum_step(self, dW: torch.Tensor, db: torch.Tensor) -> None:
+        """torch.optim.SGD's heavy ball: g = dW + wd W; v = g at the first step, else
+        v <- m v + g; W <- W - lr v (the bias likewise, without decay)."""
+        if self.weight_decay:
+            dW = dW.add_(self.W, alpha=self.weight_decay)
+        if self._vW is None:
+            self._vW, self._vb = dW.clone(), db.clone()
+        else:
+            self._vW.mul_(self.momentum).add_(dW)
+            self._vb.mul_(self.momentum).add_(db)
+        self.W.sub_(self._vW, alpha=self.lr)
+        self.b.sub_(self._vb, alpha=self.lr)
 
     def _minus_ones(self, n: int, dtype) -> torch.Tensor:
         cached = getattr(self, "_ones", None)

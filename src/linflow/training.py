@@ -27,6 +27,7 @@ __all__ = [
     "DivergenceError",
     "TrainResult",
     "fit",
+    "bound_name",
     "lr_at",
     "lr_stability_bound",
     "make_engine",
@@ -61,7 +62,14 @@ _LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "cross_entropy": F.cross_entropy
 class TorchEngine:
     """impl: torch — nn.Linear, a torch loss, autograd and torch.optim.SGD."""
 
-    def __init__(self, model: torch.nn.Module, loss: str, lr: float, weight_decay: float):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: str,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.0,
+    ):
         self.model = model
         self.loss_fn = _LOSSES[loss]
         self.squeeze = model.task == "regression"
@@ -74,6 +82,7 @@ class TorchEngine:
                 {"params": [lin.bias], "weight_decay": 0.0},
             ],
             lr=lr,
+            momentum=momentum,
         )
 
     def set_lr(self, lr: float) -> None:
@@ -105,9 +114,9 @@ def make_engine(impl: str, task: str, n_features: int, n_classes: int, cfg, dtyp
     """The engine for `impl`, with parameters initialised from cfg.seed."""
     model = build_model(task, n_features, n_classes, cfg.seed, dtype)
     if impl == "torch":
-        return TorchEngine(model, cfg.loss, cfg.lr, cfg.weight_decay)
+        return TorchEngine(model, cfg.loss, cfg.lr, cfg.weight_decay, cfg.momentum)
     W, b = model.linear.weight.detach(), model.linear.bias.detach()
-    return ScratchEngine(W, b, cfg.loss, cfg.lr, cfg.weight_decay)
+    return ScratchEngine(W, b, cfg.loss, cfg.lr, cfg.weight_decay, cfg.momentum)
 
 
 def _val_scores(engine, X: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float]:
@@ -128,19 +137,26 @@ def lr_at(cfg, epoch: int) -> float:
     return cfg.lr
 
 
-def lr_stability_bound(X: np.ndarray, weight_decay: float = 0.0) -> tuple[float, float]:
-    """(lambda_max, 2 / lambda_max) of the squared-loss Hessian on X (n, d).
+def bound_name(momentum: float = 0.0) -> str:
+    """How lr_stability_bound's bound is written in messages."""
+    return "2(1+momentum)/lambda_max" if momentum else "2/lambda_max"
+
+
+def lr_stability_bound(
+    X: np.ndarray, weight_decay: float = 0.0, momentum: float = 0.0
+) -> tuple[float, float]:
+    """(lambda_max, 2 (1 + momentum) / lambda_max) of the squared-loss Hessian on X (n, d).
 
     L(w, b) = mean((X w + b - y)^2) + (wd/2)||w||^2 has Hessian
     (2/n) [X 1]^T [X 1] + wd diag(1..1, 0); full-batch gradient descent is
-    stable for lr < 2 / lambda_max.
+    stable for lr < 2 / lambda_max, heavy-ball momentum m for lr < 2 (1 + m) / lambda_max.
     """
     n = X.shape[0]
     Xa = np.hstack([X.astype(np.float64), np.ones((n, 1))])  # (n, d+1)
     H = (2.0 / n) * Xa.T @ Xa
     H[np.arange(X.shape[1]), np.arange(X.shape[1])] += weight_decay
     lam = float(np.linalg.eigvalsh(H)[-1])
-    return lam, 2.0 / lam
+    return lam, 2.0 * (1.0 + momentum) / lam
 
 
 def fit(
@@ -190,7 +206,7 @@ def fit(
         seconds.append(time.perf_counter() - t0)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             hint = (
-                f"; the full-batch stable step bound is 2/lambda_max = {lr_bound:.4g}"
+                f"; the full-batch stable step bound is {bound_name(cfg.momentum)} = {lr_bound:.4g}"
                 if lr_bound is not None
                 else ""
             )
