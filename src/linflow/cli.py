@@ -391,8 +391,6 @@ def cmd_reference(args) -> None:
     X, y, meta = _load_split(data, "train")
     X_test, y_test, _ = _load_split(data, "test")
     _check_task(data, str(meta["task"]), args.dataset, ds.task)
-    # Every fit and measure works in float64: convert once, not per call.
-    X, X_test = X.astype(np.float64), X_test.astype(np.float64)
 
     import sklearn.linear_model  # noqa: F401  # imported here so fit times exclude it
     from threadpoolctl import threadpool_limits
@@ -544,7 +542,6 @@ def cmd_compare(args) -> None:
     X, y, meta = _load_split(data, "train")
     X_test, y_test, _ = _load_split(data, "test")
     _check_task(data, str(meta["task"]), args.dataset, ds.task)
-    X, X_test = X.astype(np.float64), X_test.astype(np.float64)  # measures are float64
     for what, found in (("model", card["task"]), ("reference", ref_doc["task"])):
         if found != ds.task:
             raise DataError(

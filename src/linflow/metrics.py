@@ -20,9 +20,19 @@ __all__ = [
 
 def predict_linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """X (n, d), W (k, d), b (k,) -> outputs (n, k) in float64."""
-    # asarray: no copy when X is float64 already (callers convert big inputs once).
-    X, W, b = (np.asarray(a, dtype=np.float64) for a in (X, W, b))
-    return X @ W.T + b  # (n, k)
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if X.dtype == np.float64:
+        return X @ W.T + b  # (n, k)
+    # float32 features go to float64 a block of rows at a time: converting all of
+    # Fashion-MNIST's train split at once costs 0.4 s of fresh memory per call.
+    out = np.empty((X.shape[0], W.shape[0]))  # (n, k)
+    for start in range(0, X.shape[0], _ROWS):
+        out[start : start + _ROWS] = X[start : start + _ROWS].astype(np.float64) @ W.T
+    out += b
+    return out
+
+
+_ROWS = 4096  # rows per block in predict_linear
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
