@@ -10,8 +10,9 @@ runs ``linflow.cli.main`` exactly as the process would have. The child imports
 linflow itself fresh from disk, so edited code is always what runs; only
 third-party modules are preloaded. Outputs are byte-identical either way (tested).
 
-- The first stage starts the worker in the background and runs locally; stages
-  use it once it has finished importing (never waiting for it).
+- The first stage starts the worker in the background and runs locally. The worker
+  imports in three groups (what prepare needs, torch, mlflow + matplotlib) and
+  serves after each, so stages never wait for it (see serve()).
 - Ctrl-C, SIGTERM and SIGHUP sent to the client are forwarded to the child (a run
   ends KILLED as usual); if the client dies, the child gets SIGTERM. The client
   exits with the child's status, re-raising its signal if it died of one.
@@ -38,28 +39,30 @@ import struct
 import sys
 import time
 
-# Imported by the worker before it serves; each saves its import in every stage.
-PRELOAD = (
-    "numpy",
-    "yaml",
-    "pydantic",
-    "safetensors.numpy",
-    "threadpoolctl",
-    "torch",
-    "torch.nn",
-    "torch.optim",
-    "torch._dynamo",  # torch.optim imports it on the first step (~2 s)
-    "scipy.optimize",
-    "sklearn.linear_model",
-    "sklearn.datasets",
-    "sklearn.exceptions",
-    "matplotlib",
-    "matplotlib.pyplot",
-    "mlflow",
-    "mlflow.entities",
-    "mlflow.tracking",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.tracking.rest_store",
+# Imported by the worker, group by group (it serves after each): the first is what
+# prepare needs, the next what train/evaluate/reference/compare need.
+GROUPS = (
+    (
+        "numpy",
+        "yaml",
+        "pydantic",
+        "safetensors.numpy",
+        "threadpoolctl",
+        "scipy.optimize",
+        "sklearn.linear_model",
+        "sklearn.datasets",
+        "sklearn.exceptions",
+    ),
+    ("torch", "torch.nn", "torch.optim", "torch._dynamo"),  # optim imports dynamo at step 1
+    (
+        "matplotlib",
+        "matplotlib.pyplot",
+        "mlflow",
+        "mlflow.entities",
+        "mlflow.tracking",
+        "mlflow.store.tracking.sqlalchemy_store",
+        "mlflow.store.tracking.rest_store",
+    ),
 )
 # Environment variables that differ between stages of one run and are read only
 # when used: they do not need a worker of their own.
@@ -210,6 +213,15 @@ def _start_worker(lock_path: str, log_path: str) -> None:
 
 
 def serve() -> None:
+    """Import the groups in turn and serve after each one.
+
+    A server forked after a group serves at once with what is imported so far, while
+    this process goes on importing; each newer server takes the socket over (bind to
+    a temporary name, then rename onto the path) and stops the previous one, which
+    finishes its stages and exits. Stages thus never wait for imports they do not
+    need: prepare of a bundled dataset runs with scikit-learn loaded ~1.5 s after the
+    first stage started the worker, long before torch and mlflow are in.
+    """
     paths = _paths()
     if paths is None:
         return
@@ -225,25 +237,54 @@ def serve() -> None:
     import logging
 
     t0 = time.perf_counter()
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a missing optional piece costs only its import later
-            print(f"preload: {name}: {exc}", flush=True)
-    import matplotlib
+    previous = None
+    for i, group in enumerate(GROUPS):
+        for name in group:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # a missing optional piece costs only its import later
+                print(f"preload: {name}: {exc}", flush=True)
+        if "matplotlib" in sys.modules:
+            import matplotlib
 
-    matplotlib.use("Agg")
-    _warm_matplotlib()
-    logging.getLogger().handlers.clear()
-    print(f"preload: ready in {time.perf_counter() - t0:.1f} s (pid {os.getpid()})", flush=True)
+            matplotlib.use("Agg")
+            if i == len(GROUPS) - 1:
+                _warm_matplotlib()
+        logging.getLogger().handlers.clear()
+        listener, ino = _bind(sock_path)
+        if previous is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(previous, signal.SIGTERM)  # finish your stages, take no more
+        print(
+            f"preload: group {i + 1}/{len(GROUPS)} in after {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        if i == len(GROUPS) - 1:
+            _serve_loop(listener, sock_path, ino, lock_fd)
+            return
+        previous = os.fork()
+        if previous == 0:
+            try:
+                _serve_loop(listener, sock_path, ino, lock_fd)
+            finally:
+                os._exit(0)
+        listener.close()
 
+
+def _bind(sock_path: str) -> tuple[socket.socket, int]:
+    tmp = f"{sock_path}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock_path)
+        os.unlink(tmp)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sock_path)
-    os.chmod(sock_path, 0o600)
+    listener.bind(tmp)
+    os.chmod(tmp, 0o600)
     listener.listen(16)
-    sock_ino = os.stat(sock_path).st_ino
+    ino = os.stat(tmp).st_ino
+    os.rename(tmp, sock_path)  # atomic: a client finds the old server or this one
+    return listener, ino
+
+
+def _serve_loop(listener: socket.socket, sock_path: str, sock_ino: int, lock_fd: int) -> None:
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -313,7 +354,7 @@ def _still_ours(sock_path: str, ino: int) -> bool:
 
 
 def _reap(children: dict[int, socket.socket], gone: set[socket.socket]) -> None:
-    while children:
+    while True:  # stages, and servers this process forked and retired
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
