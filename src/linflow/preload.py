@@ -55,13 +55,13 @@ GROUPS = (
     ),
     ("torch", "torch.nn", "torch.optim", "torch._dynamo"),  # optim imports dynamo at step 1
     (
-        "matplotlib",
-        "matplotlib.pyplot",
         "mlflow",
         "mlflow.entities",
         "mlflow.tracking",
         "mlflow.store.tracking.sqlalchemy_store",
         "mlflow.store.tracking.rest_store",
+        "matplotlib",
+        "matplotlib.pyplot",
     ),
 )
 # Environment variables that differ between stages of one run and are read only
@@ -248,8 +248,6 @@ def serve() -> None:
             import matplotlib
 
             matplotlib.use("Agg")
-            if i == len(GROUPS) - 1:
-                _warm_matplotlib()
         logging.getLogger().handlers.clear()
         listener, ino = _bind(sock_path)
         if previous is not None:
@@ -325,25 +323,6 @@ def _serve_loop(listener: socket.socket, sock_path: str, sock_ino: int, lock_fd:
         with contextlib.suppress(OSError):
             os.unlink(sock_path)
     listener.close()
-
-
-def _warm_matplotlib() -> None:
-    """Draw one throw-away figure: fonts and glyph caches load here, not in every stage."""
-    try:
-        import io
-
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(2, 2))
-        ax.plot([1, 2], [1, 10], label="x")
-        ax.set_yscale("log")
-        ax.set_title("warm-up")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(io.BytesIO(), format="png")
-        plt.close(fig)
-    except Exception as exc:  # only a lost warm-up
-        print(f"preload: matplotlib warm-up: {exc}", flush=True)
 
 
 def _still_ours(sock_path: str, ino: int) -> bool:
