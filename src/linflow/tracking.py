@@ -81,6 +81,9 @@ def _client():
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A pipeline stage makes no network calls of its own: no usage telemetry (MLflow 3
+    # sends it by default; set MLFLOW_DISABLE_TELEMETRY=false to allow it).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri())
