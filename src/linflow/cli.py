@@ -13,10 +13,12 @@ tracking server) print one line ``linflow <stage>: error: ...`` and exit 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,23 @@ def _load_split(data_dir: Path, which: str) -> tuple[np.ndarray, np.ndarray, dic
     arrays = load_npz(path, required=("task", "X", "y", "class_names"))
     validate_arrays(arrays, str(path))
     return apply_scaler(arrays["X"], scaler), arrays["y"], arrays
+
+
+@contextlib.contextmanager
+def _reference_threads(n: int) -> Iterator[None]:
+    """One thread for every pool except numpy's BLAS, which gets `n` (all BLAS when
+    numpy's cannot be told apart, e.g. one system library shared with scipy)."""
+    from threadpoolctl import ThreadpoolController
+
+    ctl = ThreadpoolController()
+    blas = [c.filepath for c in ctl.lib_controllers if c.user_api == "blas"]
+    numpy_blas = [p for p in blas if "numpy" in Path(p).parent.name] or blas
+    with ctl.limit(limits=1):
+        if n > 1 and numpy_blas:
+            with ctl.select(filepath=numpy_blas).limit(limits=n):
+                yield
+        else:
+            yield
 
 
 def _check_device(device: str) -> None:
@@ -393,7 +412,6 @@ def cmd_reference(args) -> None:
     _check_task(data, str(meta["task"]), args.dataset, ds.task)
 
     import sklearn.linear_model  # noqa: F401  # imported here so fit times exclude it
-    from threadpoolctl import threadpool_limits
 
     from linflow import reference, tracking
     from linflow.config import ConfigError
@@ -403,11 +421,11 @@ def cmd_reference(args) -> None:
     fits: dict[str, reference.ReferenceFit] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, dict] = {}
-    # One BLAS/OpenMP thread: the bytes of reference.json must not depend on the
-    # machine's core count (lbfgs took 192 vs 195 iterations on digits with 1 vs 2
-    # threads), and for these sizes threads only oversubscribe (lbfgs on digits:
-    # 0.19 s with 1 thread, 3.3 s with 2 while torch holds its own pool).
-    with threadpool_limits(1):
+    # A fixed thread count, never the machine's: the bytes of reference.json depend on
+    # it. numpy's BLAS gets reference.threads (Fashion-MNIST lbfgs: 14 s with 2, 18 s
+    # with 1), every other pool one: 2 threads for scipy's BLAS or sklearn's OpenMP as
+    # well made the same fit slower (21-23 s) by oversubscribing this 2-core machine.
+    with _reference_threads(params.reference.threads):
         if ds.task == "regression":
             todo = {
                 "normal_equations": lambda: reference.fit_normal_equations(X, y, wd),

@@ -245,6 +245,9 @@ class ReferenceConfig(_Strict):
     # LogisticRegression (lbfgs) must converge: a ConvergenceWarning fails the stage.
     max_iter: PosInt = 5000
     tol: PosFloat = 1e-8
+    # Threads of numpy's BLAS (the fit's two big GEMMs per iteration); every other
+    # pool gets one. A fixed number, so reference.json does not depend on the machine.
+    threads: PosInt = 1
 
 
 class RegressionTolerances(_Strict):
