@@ -80,8 +80,15 @@ def wanted(argv: list[str]) -> bool:
     if setting != "1" and "DVC_STAGE" not in os.environ:
         return False
     stages = {"prepare", "split", "train", "evaluate", "reference", "compare", "report"}
-    words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in stages and not {"-h", "--help"} & set(argv)
+    if {"-h", "--help"} & set(argv):
+        return False
+    rest = iter(argv)
+    for arg in rest:  # the subcommand: the first word that is not a global option
+        if arg == "--params":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg in stages
+    return False
 
 
 def _key() -> str:
@@ -195,7 +202,7 @@ def _start_worker(lock_path: str, log_path: str) -> None:
     import subprocess
 
     try:
-        log = open(log_path, "ab")
+        log = open(log_path, "wb")  # the last worker's log only
     except OSError:
         return
     with log:
@@ -259,7 +266,8 @@ def serve() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(previous, signal.SIGTERM)  # finish your stages, take no more
         print(
-            f"preload: group {i + 1}/{len(GROUPS)} in after {time.perf_counter() - t0:.1f} s",
+            f"preload: pid {os.getpid()}: group {i + 1}/{len(GROUPS)} imported "
+            f"after {time.perf_counter() - t0:.1f} s",
             flush=True,
         )
         if i == len(GROUPS) - 1:
@@ -409,6 +417,7 @@ def _accept(listener: socket.socket, children: dict, private: list[int]) -> None
         os._exit(code)
     for fd in fds:
         os.close(fd)  # else the worker would hold the client's pipes open
+    print(f"preload: stage pid {pid}: linflow {' '.join(request['argv'])}", flush=True)
     children[pid] = conn
     with contextlib.suppress(OSError):
         conn.sendall(f"PID {pid}\n".encode())

@@ -1,0 +1,272 @@
+"""The warm worker (preload.py): same bytes, same exit codes, same signal handling as
+running a stage in its own process; and it never outlives its usefulness."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from linflow import preload
+
+ROOT = Path(__file__).resolve().parents[1]
+LINFLOW = [sys.executable, "-m", "linflow"]
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory):
+    """An environment whose `linflow` stages go to a private worker, and its paths."""
+    folder = tmp_path_factory.mktemp("preload")
+    folder.chmod(0o700)
+    extra = {
+        "LINFLOW_PRELOAD": "1",
+        "LINFLOW_PRELOAD_DIR": str(folder),
+        "LINFLOW_PRELOAD_IDLE": "60",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in extra.items():
+            mp.setenv(k, v)
+        sock, _, log = preload._paths()  # the key of this very environment
+        env = dict(os.environ)
+    yield env, Path(sock), Path(log)
+    for pid in worker_pids(Path(log)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def worker_pids(log: Path) -> set[int]:
+    text = log.read_text() if log.exists() else ""
+    return {int(p) for p in re.findall(r"preload: pid (\d+): group", text)}
+
+
+def start_worker(env: dict, sock: Path, log: Path) -> None:
+    """The first stage starts the worker (and runs itself); wait until it has it all."""
+    if sock.exists() and "group 3/3" in (log.read_text() if log.exists() else ""):
+        return
+    subprocess.run([*LINFLOW, "--help"], env=env, capture_output=True, check=True)
+    res = subprocess.run(
+        [*LINFLOW, "report", "x", "--reports", "/nonexistent", "--out", "/nonexistent/s.md"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1  # ran here, failing cleanly, and started the worker
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if sock.exists() and log.exists() and "group 3/3" in log.read_text():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the worker did not get ready: {log.read_text() if log.exists() else ''}")
+
+
+def served(log: Path, *argv: str) -> bool:
+    return f"linflow {' '.join(argv)}" in log.read_text()
+
+
+def md5s(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_used_only_under_dvc_unless_asked(monkeypatch):
+    monkeypatch.delenv("LINFLOW_PRELOAD", raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    assert not preload.wanted(["train", "line"])
+    monkeypatch.setenv("DVC_STAGE", "train@line")
+    assert preload.wanted(["train", "line", "--data", "d"])
+    assert preload.wanted(["--params", "p.yaml", "train", "line"])
+    assert not preload.wanted(["train", "--help"])
+    assert not preload.wanted(["verify"])
+    monkeypatch.setenv("LINFLOW_PRELOAD", "0")
+    assert not preload.wanted(["train", "line"])
+    monkeypatch.delenv("DVC_STAGE")
+    monkeypatch.setenv("LINFLOW_PRELOAD", "1")
+    assert preload.wanted(["train", "line"])
+
+
+def test_a_folder_other_users_can_write_is_not_used(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("LINFLOW_PRELOAD_DIR", str(shared))
+    assert preload._paths() is None
+    assert preload.run(["train", "line"]) is None  # runs in its own process instead
+
+
+def test_outputs_are_byte_identical_with_and_without_the_worker(tmp_path, worker_env):
+    env, sock, log = worker_env
+    start_worker(env, sock, log)
+    here = dict(env, LINFLOW_PRELOAD="0")
+    for name, e in (("here", here), ("worker", env)):
+        out = tmp_path / name
+        stages = [
+            ["prepare", "line", "--out", str(out / "raw.npz")],
+            ["split", "line", "--raw", str(out / "raw.npz"), "--out", str(out / "prepared")],
+            [
+                "train",
+                "line",
+                "--data",
+                str(out / "prepared"),
+                "--model",
+                str(out / "model"),
+                "--reports",
+                str(out / "reports"),
+            ],
+            [
+                "evaluate",
+                "line",
+                "--data",
+                str(out / "prepared"),
+                "--model",
+                str(out / "model"),
+                "--reports",
+                str(out / "reports"),
+            ],
+        ]
+        for argv in stages:
+            res = subprocess.run([*LINFLOW, *argv], env=e, cwd=ROOT, capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr
+            assert f"{argv[0]} line" in res.stderr  # the stage's log reached our stderr
+            assert served(log, *argv) == (name == "worker"), argv
+    assert md5s(tmp_path / "here") == md5s(tmp_path / "worker")
+    assert len(md5s(tmp_path / "here")) >= 10
+
+
+def test_a_stage_error_is_one_line_and_exit_1_through_the_worker(tmp_path, worker_env):
+    env, sock, log = worker_env
+    start_worker(env, sock, log)
+    params = tmp_path / "params.yaml"
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["train"]["regression"]["lr"] = -0.1
+    params.write_text(yaml.safe_dump(p))
+    argv = ["--params", str(params), "prepare", "line", "--out", str(tmp_path / "raw.npz")]
+    res = subprocess.run([*LINFLOW, *argv], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert served(log, *argv)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"linflow prepare: error: {params}: train.regression.lr must be a finite float > 0, "
+        "got -0.1"
+    ]
+    assert not (tmp_path / "raw.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    base = tmp_path_factory.mktemp("digits")
+    env = dict(os.environ, LINFLOW_PRELOAD="0")
+    for argv in (
+        ["prepare", "digits", "--out", str(base / "raw.npz")],
+        ["split", "digits", "--raw", str(base / "raw.npz"), "--out", str(base / "prepared")],
+    ):
+        subprocess.run([*LINFLOW, *argv], env=env, cwd=ROOT, check=True, capture_output=True)
+    return base / "prepared"
+
+
+def _runs(alias: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(f"linflow-{alias}")
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def _long_training(tmp_path: Path, digits: Path, alias: str, env: dict) -> subprocess.Popen:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["train"]["classification"].update(epochs=100000, batch_size=8)
+    p["datasets"][alias] = p["datasets"]["digits"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p))
+    argv = ["--params", str(params), "train", alias, "--data", str(digits)]
+    argv += ["--model", str(tmp_path / "m"), "--reports", str(tmp_path / "r")]
+    proc = subprocess.Popen([*LINFLOW, *argv], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        client, runs = _runs(alias)
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            return proc
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail("training never started logging")
+
+
+def test_sigterm_to_the_client_reaches_the_stage(tmp_path, worker_env, digits):
+    env, sock, log = worker_env
+    start_worker(env, sock, log)
+    proc = _long_training(tmp_path, digits, "digits_wterm", env)
+    assert served(log, "--params", str(tmp_path / "params.yaml"), "train", "digits_wterm")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "linflow train: interrupted"
+    (run,) = _runs("digits_wterm")[1]
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_a_killed_client_takes_its_stage_with_it(tmp_path, worker_env, digits):
+    """SIGKILL cannot be forwarded: the worker sees the client go and stops the stage."""
+    env, sock, log = worker_env
+    start_worker(env, sock, log)
+    proc = _long_training(tmp_path, digits, "digits_wkill", env)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        (run,) = _runs("digits_wkill")[1]
+        if run.info.status != "RUNNING":
+            break
+        time.sleep(0.3)
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_stale_socket_falls_back_and_an_idle_worker_exits(tmp_path, monkeypatch):
+    folder = tmp_path / "w"
+    folder.mkdir(mode=0o700)
+    extra = {"LINFLOW_PRELOAD": "1", "LINFLOW_PRELOAD_DIR": str(folder)}
+    extra["LINFLOW_PRELOAD_IDLE"] = "1"
+    for k, v in extra.items():
+        monkeypatch.setenv(k, v)
+    sock, _, log = map(Path, preload._paths())
+    import socket
+
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(sock))  # a socket file nobody listens on: a worker that died
+    dead.close()
+    argv = ["prepare", "line", "--out", str(tmp_path / "raw.npz")]
+    res = subprocess.run([*LINFLOW, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and (tmp_path / "raw.npz").is_file()  # ran here
+    deadline = time.time() + 60
+    while time.time() < deadline and "group 3/3" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    pids = worker_pids(log)
+    assert pids, "no worker was started"
+    deadline = time.time() + 30  # idle for 1 s: it leaves, and takes its socket along
+    while time.time() < deadline and (sock.exists() or any(_alive(p) for p in pids)):
+        time.sleep(0.2)
+    assert not sock.exists()
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
