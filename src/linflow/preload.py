@@ -202,19 +202,18 @@ def _start_worker(lock_path: str, log_path: str) -> None:
     import subprocess
 
     try:
-        log = open(log_path, "wb")  # the last worker's log only
+        with open(log_path, "wb") as log:  # the last worker's log only
+            subprocess.Popen(
+                [sys.executable, "-c", "import linflow.preload as p; p.serve()"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,
+            )
     except OSError:
-        return
-    with log:
-        subprocess.Popen(
-            [sys.executable, "-c", "import linflow.preload as p; p.serve()"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd="/",
-            close_fds=True,
-            start_new_session=True,
-        )
+        return  # no worker: stages run in their own processes, as without one
 
 
 # --- worker ---------------------------------------------------------------------
