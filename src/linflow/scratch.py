@@ -20,8 +20,12 @@ __all__ = ["forward", "loss_and_grads", "sgd_step", "ScratchEngine"]
 
 
 def forward(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """X (n, d), W (k, d), b (k,) -> outputs (n, k)."""
-    return torch.addmm(b, X, W.T)  # (n, k)
+    """X (n, d), W (k, d), b (k,) -> outputs (n, k).
+
+    Computed as (W X^T + b)^T: torch's CPU GEMM for X W^T with few outputs (k = 10)
+    ran at half the speed of W X^T here (160 vs 84 us for a batch of 256 images).
+    """
+    return torch.addmm(b.view(-1, 1), W, X.T).T  # (n, k)
 
 
 def log_softmax(Z: torch.Tensor) -> torch.Tensor:
@@ -97,26 +101,28 @@ class ScratchEngine:
         W <- (1 - lr wd) W - (lr / n) G^T X.
         """
         W, b, n = self.W, self.b, X.shape[0]
-        Z = torch.addmm(b, X, W.T)  # (n, k)
+        # Classes x rows throughout (Z^T, G^T): both GEMMs then run in the layout
+        # torch's CPU kernels do fastest (see forward).
+        Zt = torch.addmm(b.view(-1, 1), W, X.T)  # (k, n)
         if self.loss == "cross_entropy":
-            yy = y.view(-1, 1)
-            logp = Z - Z.logsumexp(dim=1, keepdim=True)  # (n, k), log-sum-exp stable
-            value = -logp.gather(1, yy).mean()
-            G = logp.exp_()  # softmax p, in place
-            G.scatter_add_(1, yy, self._minus_ones(n, G.dtype))  # p - onehot(y)
+            yy = y.view(1, -1)
+            logp = torch.log_softmax(Zt, dim=0)  # (k, n), log-sum-exp stable
+            value = -logp.gather(0, yy).mean()
+            Gt = logp.exp_()  # softmax p, in place
+            Gt.scatter_add_(0, yy, self._minus_ones(n, Gt.dtype))  # p - onehot(y)
         else:
-            r = Z - y.view(-1, 1)  # (n, 1)
+            r = Zt - y.view(1, -1)  # (1, n)
             if self.loss == "mse":
                 value = (r * r).mean()
-                G = r.mul_(2.0)
+                Gt = r.mul_(2.0)
             else:
                 value = r.abs().mean()
-                G = r.sign_()
+                Gt = r.sign_()
         if self.momentum:
-            self._momentum_step(G.T @ X / n, G.sum(dim=0) / n)
+            self._momentum_step(Gt @ X / n, Gt.sum(dim=1) / n)
             return value
-        W.addmm_(G.T, X, beta=1.0 - self.lr * self.weight_decay, alpha=-self.lr / n)
-        b.sub_(G.sum(dim=0), alpha=self.lr / n)
+        W.addmm_(Gt, X, beta=1.0 - self.lr * self.weight_decay, alpha=-self.lr / n)
+        b.sub_(Gt.sum(dim=1), alpha=self.lr / n)
         return value
 
     def _momentum_step(self, dW: torch.Tensor, db: torch.Tensor) -> None:
@@ -134,9 +140,9 @@ class ScratchEngine:
 
     def _minus_ones(self, n: int, dtype) -> torch.Tensor:
         cached = getattr(self, "_ones", None)
-        if cached is None or cached.shape[0] < n or cached.dtype != dtype:
-            cached = self._ones = torch.full((n, 1), -1.0, dtype=dtype)
-        return cached[:n]
+        if cached is None or cached.shape[1] < n or cached.dtype != dtype:
+            cached = self._ones = torch.full((1, n), -1.0, dtype=dtype)
+        return cached[:, :n]
 
     @torch.no_grad()
     def outputs(self, X: torch.Tensor) -> torch.Tensor:

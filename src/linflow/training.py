@@ -197,10 +197,15 @@ def fit(
             total = engine.step(X, y).double() * n
         else:
             perm = torch.randperm(n, generator=g)
-            total = torch.zeros((), dtype=torch.float64)
-            for start in range(0, n, bs):
+            # Batch losses go into one preallocated vector (one op per step, not
+            # three): the small-batch hot loop is bound by per-op overhead.
+            losses = torch.empty(-(-n // bs), dtype=torch.float64)
+            for i, start in enumerate(range(0, n, bs)):
                 idx = perm[start : start + bs]
-                total += engine.step(X.index_select(0, idx), y.index_select(0, idx)) * idx.numel()
+                losses[i] = engine.step(X.index_select(0, idx), y.index_select(0, idx))
+            sizes = torch.full_like(losses, float(bs))
+            sizes[-1] = n - bs * (losses.numel() - 1)
+            total = losses @ sizes
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
         seconds.append(time.perf_counter() - t0)
