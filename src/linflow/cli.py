@@ -151,10 +151,7 @@ def cmd_train(args) -> None:
     data = Path(args.data)
     X, y, meta = _load_split(data, "train")
     X_val, y_val, _ = _load_split(data, "val")
-    if str(meta["task"]) != ds.task:
-        raise ConfigError(
-            f"{data}: holds {meta['task']} data but datasets.{args.dataset}.task is {ds.task}"
-        )
+    _check_task(data, str(meta["task"]), args.dataset, ds.task)
     if cfg.batch_size != "full" and cfg.batch_size > X.shape[0]:
         raise ConfigError(
             f"params.yaml: train.{ds.task}.batch_size must be <= the train split size "

@@ -38,10 +38,12 @@ def _margins(fig) -> None:
 
 def _save(fig, path: str | Path) -> None:
     plt = _plt()
-    with atomic_path(path) as tmp:
-        # No 'Software'/date metadata: the same figure gives the same bytes.
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            # No 'Software'/date metadata: the same figure gives the same bytes.
+            fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(fig)  # also when the write fails: no figure left open
 
 
 def loss_curve(history: Sequence[dict], path: str | Path, title: str) -> None:

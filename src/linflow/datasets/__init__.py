@@ -81,7 +81,7 @@ def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
     task = str(arrays["task"])
     if task not in ("regression", "classification"):
         raise DataError(f"{where}: task must be 'regression' or 'classification', got {task!r}")
-    if X.ndim != 2 or X.dtype.kind not in "fu":
+    if X.ndim != 2 or not (X.dtype.kind == "f" or X.dtype == np.uint8):
         raise DataError(
             f"{where}: X must be a 2-D float or uint8 array, got shape {X.shape} dtype {X.dtype}"
         )
