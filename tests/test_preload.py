@@ -105,35 +105,26 @@ def test_a_folder_other_users_can_write_is_not_used(tmp_path, monkeypatch):
     assert preload.run(["train", "line"]) is None  # runs in its own process instead
 
 
+def test_a_folder_that_cannot_be_made_is_no_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("LINFLOW_PRELOAD_DIR", str(tmp_path / "file" / "sub"))
+    assert preload._paths() is None
+    assert preload.run(["train", "line"]) is None
+
+
 def test_outputs_are_byte_identical_with_and_without_the_worker(tmp_path, worker_env):
     env, sock, log = worker_env
     start_worker(env, sock, log)
     here = dict(env, LINFLOW_PRELOAD="0")
     for name, e in (("here", here), ("worker", env)):
         out = tmp_path / name
+        model_io = ["--data", str(out / "prepared"), "--model", str(out / "model")]
+        model_io += ["--reports", str(out / "reports")]
         stages = [
             ["prepare", "line", "--out", str(out / "raw.npz")],
             ["split", "line", "--raw", str(out / "raw.npz"), "--out", str(out / "prepared")],
-            [
-                "train",
-                "line",
-                "--data",
-                str(out / "prepared"),
-                "--model",
-                str(out / "model"),
-                "--reports",
-                str(out / "reports"),
-            ],
-            [
-                "evaluate",
-                "line",
-                "--data",
-                str(out / "prepared"),
-                "--model",
-                str(out / "model"),
-                "--reports",
-                str(out / "reports"),
-            ],
+            ["train", "line", *model_io],
+            ["evaluate", "line", *model_io],
         ]
         for argv in stages:
             res = subprocess.run([*LINFLOW, *argv], env=e, cwd=ROOT, capture_output=True, text=True)

@@ -114,9 +114,8 @@ def _folder() -> str | None:
     base = os.environ.get("LINFLOW_PRELOAD_DIR") or os.path.join(
         os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"linflow-preload-{os.getuid()}"
     )
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(base, mode=0o700)
     try:
+        os.makedirs(base, mode=0o700, exist_ok=True)
         st = os.lstat(base)
     except OSError:
         return None
