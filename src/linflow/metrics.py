@@ -18,6 +18,9 @@ __all__ = [
 ]
 
 
+_ROWS = 4096  # rows per block in predict_linear
+
+
 def predict_linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """X (n, d), W (k, d), b (k,) -> outputs (n, k) in float64."""
     W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -30,9 +33,6 @@ def predict_linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         out[start : start + _ROWS] = X[start : start + _ROWS].astype(np.float64) @ W.T
     out += b
     return out
-
-
-_ROWS = 4096  # rows per block in predict_linear
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -172,6 +173,7 @@ class TrainingRun:
         self.tags = dict(tags)
         self.client = None
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         # Per-epoch metrics are buffered and sent in batches: one store round trip per
         # epoch (~6 ms on sqlite) would dominate full-batch training of thousands of epochs.
         self._pending: list = []
@@ -182,7 +184,7 @@ class TrainingRun:
 
         try:
             self.client = _client()
-            exp_id = _experiment_id(self.client, self.dataset)
+            exp_id = self.experiment_id = _experiment_id(self.client, self.dataset)
             tags = {**git_tags(repo_root()), **self.tags}
             if os.environ.get("DVC_EXP_NAME"):
                 tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -251,7 +253,7 @@ class TrainingRun:
         from mlflow.entities import Metric, RunTag
 
         runs = self.client.search_runs(
-            [self.client.get_run(self.run_id).info.experiment_id],
+            [self.experiment_id],
             filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=20,
@@ -277,8 +279,6 @@ class TrainingRun:
         tags.append(RunTag(ADOPTED_TAG, src.info.run_id))
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         mine = {a.path for a in self.client.list_artifacts(self.run_id)}
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             for art in self.client.list_artifacts(src.info.run_id):
                 if art.is_dir or art.path in mine:
