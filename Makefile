@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-data run test test-fast verify lint format ui bench clean
+.PHONY: help setup pins fashion-data run test test-fast verify portability lint format ui bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -15,10 +15,21 @@ help: ## list the targets
 # `make run` reinstalls nothing.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing linflow and its $$(grep -c '==' constraints.txt) pinned packages into $(VENV) (2-3 min the first time) ..."
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed ## create .venv and install linflow with pinned dependencies
+
+# constraints.txt pins every package, transitive ones included. This re-resolves
+# them within pyproject.toml's ranges (newest allowed) in a scratch venv.
+pins: ## re-resolve all dependencies and rewrite constraints.txt (then make test)
+	rm -rf .venv-pins && python3 -m venv .venv-pins
+	.venv-pins/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ echo "# Every package, transitive ones included, at the exact version the project is tested"; \
+	  echo "# with (pip install -c constraints.txt). Regenerate with 'make pins' (README, \"Pins\")."; \
+	  .venv-pins/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' | grep -v '^linflow'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && rm -rf .venv-pins
 
 # Fashion-MNIST comes from a torchvision-layout cache, the Debian package
 # dataset-fashion-mnist, or the official mirror (prepare@fashion_mnist tries them
@@ -45,6 +56,9 @@ test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 
 verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
 	linflow verify
+
+portability: setup fashion-data ## re-run verify as other CPUs would (emulated kernel variants); print the spreads
+	linflow portability
 
 lint: setup ## ruff format --check + ruff check
 	$(VENV)/bin/ruff format --check src tests benchmarks

@@ -382,13 +382,20 @@ def cmd_evaluate(args) -> None:
         "n_params": card["n_params"],
         "test": test,
     }
-    write_json(reports / "metrics.json", doc)
+    # metrics.json (DVC metrics) holds only the numbers a user compares across
+    # experiments; evaluation.json the rest (sizes, per-class accuracies).
+    write_json(reports / "evaluation.json", doc)
+    write_json(reports / "metrics.json", {"test": scalars})
     log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
     tracking.log_to_training_run(
         args.dataset,
         file_md5(model_dir / card["weights"]["file"]),
         metrics={f"test_{k}": v for k, v in scalars.items()},
-        artifacts=[reports / "metrics.json", reports / "predictions.png"],
+        artifacts=[
+            reports / "metrics.json",
+            reports / "evaluation.json",
+            reports / "predictions.png",
+        ],
     )
 
 
@@ -659,6 +666,11 @@ def cmd_compare(args) -> None:
     }
     out = reports / "compare.json"
     write_json(out, doc)
+    # DVC metrics: only the gaps the gate checks (compare.json holds every diagnostic).
+    write_json(
+        reports / "gaps.json",
+        {n: c["value"] for n, c in checks.items() if c["tolerance"] is not None},
+    )
     tracking.log_to_training_run(
         args.dataset,
         weights_md5,
@@ -675,7 +687,7 @@ def _fmt_value(v) -> str:
 
 
 def cmd_report(args) -> None:
-    from linflow.storage import read_json, write_text
+    from linflow.storage import read_json, write_json, write_text
 
     reports = Path(args.reports)
     lines = [
@@ -699,7 +711,7 @@ def cmd_report(args) -> None:
         "| --- | --- | ---: | --- | ---: | --- |",
     ]
     for name in args.datasets:
-        m = read_json(reports / name / "metrics.json")
+        m = read_json(reports / name / "evaluation.json")
         c = read_json(reports / name / "compare.json")
         model = "LinearRegression" if m["task"] == "regression" else "SoftmaxRegression"
         ref = _REFERENCE_NAMES.get(c["reference"], c["reference"])
@@ -728,16 +740,39 @@ def cmd_report(args) -> None:
             gaps.append(lines_gap)
     write_text(args.out, "\n".join(lines + gaps) + "\n")
     log.info("report: %d datasets -> %s", len(args.datasets), args.out)
+    if args.platform:
+        from linflow.verify.platform import describe, fingerprint
+
+        params = _params(args)
+        fp = fingerprint({"train": params.train.threads, "reference": params.reference.threads})
+        write_json(args.platform, fp)
+        log.info("report: numeric platform %s -> %s", describe(fp), args.platform)
 
 
 def cmd_verify(args) -> int:
     """Re-run the pipeline (forced) and compare it with the committed dvc.lock and outputs."""
-    from linflow.reproduce import run_verify
+    from linflow.verify.rerun import run_verify
 
     params = _params(args)
-    report = run_verify(Path.cwd(), params.verify, list(args.targets))
+    threads = {"train": params.train.threads, "reference": params.reference.threads}
+    report = run_verify(Path.cwd(), params.verify, list(args.targets), threads)
     print(report.render())
+    if args.json:
+        from linflow.storage import write_json
+
+        write_json(args.json, report.to_json())
     return 0 if report.ok else 1
+
+
+def cmd_portability(args) -> int:
+    """Re-run the gate under emulated CPU variants; print each number's largest move."""
+    from linflow.verify.portability import VARIANTS, run_portability
+
+    _params(args)  # a bad params.yaml fails here, once, not in every variant
+    names = args.variants or list(VARIANTS)
+    text, ok = run_portability(Path.cwd(), names, log)
+    print(text)
+    return 0 if ok else 1
 
 
 # --- entry point ------------------------------------------------------------------
@@ -798,12 +833,25 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="stages to re-run with their upstream stages (default: the whole pipeline)",
     )
+    s.add_argument("--json", help="also write the report as JSON to this file")
     s.set_defaults(func=cmd_verify)
+
+    from linflow.verify.portability import VARIANTS
+
+    s = sub.add_parser(
+        "portability",
+        help="run verify as other CPUs would (emulated kernel variants) and print the spreads",
+    )
+    s.add_argument(
+        "variants", nargs="*", choices=[[], *VARIANTS], help="variants to run (default: all)"
+    )
+    s.set_defaults(func=cmd_portability)
 
     s = sub.add_parser("report", help="reports/summary.md over all datasets")
     s.add_argument("datasets", nargs="+")
     s.add_argument("--reports", required=True, help="reports root folder")
     s.add_argument("--out", required=True, help="summary markdown to write")
+    s.add_argument("--platform", help="where to record the numeric platform (json)")
     s.set_defaults(func=cmd_report)
     return p
 

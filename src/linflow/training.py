@@ -27,6 +27,7 @@ __all__ = [
     "DivergenceError",
     "TrainResult",
     "fit",
+    "batch_starts",
     "bound_name",
     "lr_at",
     "lr_stability_bound",
@@ -130,6 +131,19 @@ def _val_scores(engine, X: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[fl
     return float(value), float((r * r).mean().sqrt())
 
 
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Boundaries of an epoch's minibatches: batch i is rows [starts[i], starts[i+1]).
+
+    n // batch_size batches; a remainder of r < batch_size rows is folded into the
+    last one (batch_size + r rows) rather than stepped on its own: a 2-row batch at
+    full lr right before evaluation (d2l's Fashion-MNIST, 49410 rows at 256) is a
+    step with ~100x the gradient noise of the others and swung validation accuracy
+    by 0.64-0.80 between epochs. Every row is still seen exactly once per epoch.
+    """
+    nb = max(1, n // batch_size)
+    return [i * batch_size for i in range(nb)] + [n]
+
+
 def lr_at(cfg, epoch: int) -> float:
     """The learning rate of `epoch` (1-based) under cfg.lr_schedule."""
     if getattr(cfg, "lr_schedule", "constant") == "cosine":
@@ -197,14 +211,14 @@ def fit(
             total = engine.step(X, y).double() * n
         else:
             perm = torch.randperm(n, generator=g)
+            starts = batch_starts(n, bs)
             # Batch losses go into one preallocated vector (one op per step, not
             # three): the small-batch hot loop is bound by per-op overhead.
-            losses = torch.empty(-(-n // bs), dtype=torch.float64)
-            for i, start in enumerate(range(0, n, bs)):
-                idx = perm[start : start + bs]
+            losses = torch.empty(len(starts) - 1, dtype=torch.float64)
+            for i in range(losses.numel()):
+                idx = perm[starts[i] : starts[i + 1]]
                 losses[i] = engine.step(X.index_select(0, idx), y.index_select(0, idx))
-            sizes = torch.full_like(losses, float(bs))
-            sizes[-1] = n - bs * (losses.numel() - 1)
+            sizes = torch.tensor(np.diff(starts), dtype=torch.float64)
             total = losses @ sizes
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)

@@ -1,13 +1,14 @@
 """The reproducibility check: a forced re-run of the pipeline against the committed results.
 
-Pure: this module compares; ``linflow verify`` (cli.py) runs ``dvc repro -f``,
+Pure: this module compares; :mod:`linflow.verify.rerun` runs ``dvc repro -f``,
 collects the committed and the new dvc.lock and the bytes of the git-tracked
 outputs, and hands them here. Every output the re-run produced gets one status:
 
 - ``bit-identical``: the same bytes (the same md5 in dvc.lock for DVC-cached
   outputs; the same content as the committed file for git-tracked ones);
-- ``within tolerance``: a metrics file whose numbers moved, each within its
-  tolerance (params.yaml ``verify.tolerance``), everything else equal;
+- ``within tolerance``: a metrics file whose numbers moved, each within the
+  tolerance of its kind (:mod:`linflow.verify.tolerance`, params.yaml
+  ``verify.tolerance``), everything else equal;
 - ``drifted``: a metrics file with a number beyond its tolerance, or with a
   changed key or text value;
 - ``changed``: a data output (``prepare``, ``split``) that is not bit-identical:
@@ -37,9 +38,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from linflow.storage import DataError
+from linflow.verify.tolerance import allowed
 
 __all__ = [
     "DATA_STAGES",
+    "NumberCheck",
     "Output",
     "Row",
     "Report",
@@ -85,12 +88,34 @@ class Output:
 
 
 @dataclass(frozen=True)
+class NumberCheck:
+    """One number of a metrics file: how far it moved against how far it may."""
+
+    key: str
+    committed: float
+    now: float
+    allowed: float
+    rule: str
+
+    @property
+    def delta(self) -> float:
+        return abs(self.now - self.committed)
+
+    @property
+    def ok(self) -> bool:
+        # The slack absorbs the rounding of the subtraction itself: 3 of 269 rows
+        # flipping is exactly on the bound, and must pass.
+        return math.isfinite(self.delta) and self.delta <= self.allowed * (1 + 1e-9) + 1e-15
+
+
+@dataclass(frozen=True)
 class Row:
     path: str
     stage: str
     status: str
     detail: str = ""
     failed: bool = False
+    numbers: tuple[NumberCheck, ...] = ()  # metrics files: every number compared
 
 
 # --- dvc.lock -----------------------------------------------------------------------
@@ -238,36 +263,45 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def compare_metrics(old: Any, new: Any, file: str, cfg) -> tuple[str, str]:
-    """(status, detail) of a metrics document against the committed one, leaf by leaf.
+def compare_metrics(
+    old: Any, new: Any, file: str, cfg, context: Mapping[str, Any] | None = None
+) -> tuple[str, str, tuple[NumberCheck, ...]]:
+    """(status, detail, numbers) of a metrics document against the committed one, leaf by leaf.
 
-    cfg : config.VerifySection (its `tolerance_for(file, key)` gives abs/rel)
+    cfg : config.VerifySection (its `tolerance` gives each kind's allowed move)
+    context : the dataset's scale for the tolerance rules (n_test, r2)
     """
     a, b = _flatten(old), _flatten(new)
     problems: list[str] = []
     for key in sorted(set(a) ^ set(b)):
         problems.append(f"{key} {'removed' if key in a else 'added'}")
-    worst: tuple[float, str] | None = None
+    numbers: list[NumberCheck] = []
     for key in sorted(set(a) & set(b)):
         x, y = a[key], b[key]
         if _is_number(x) and _is_number(y):
-            if x == y:
-                continue
-            tol = cfg.tolerance_for(file, key)
-            delta = abs(y - x)
-            allowed = tol.abs + tol.rel * abs(x)
-            if not math.isfinite(delta) or delta > allowed:
-                problems.append(f"{key} {_num(x)} -> {_num(y)} (|d|={delta:.3g} > {allowed:.3g})")
-            elif worst is None or delta > worst[0]:
-                worst = (delta, key)
+            tol = allowed(key, x, cfg.tolerance, context)
+            check = NumberCheck(key, x, y, tol.value, tol.rule)
+            numbers.append(check)
+            if x != y and not check.ok:
+                problems.append(
+                    f"{key} {_num(x)} -> {_num(y)} (|d|={check.delta:.3g} > {tol.value:.3g}: "
+                    f"{tol.rule})"
+                )
         elif x != y:
             problems.append(f"{key} {_short(x, 20)} -> {_short(y, 20)}")
     if problems:
         more = f"; +{len(problems) - 2} more" if len(problems) > 2 else ""
-        return DRIFTED, "; ".join(problems[:2]) + more
-    if worst is None:
-        return WITHIN, "same values, different formatting"
-    return WITHIN, f"max |d|={worst[0]:.3g} at {worst[1]}"
+        return DRIFTED, "; ".join(problems[:2]) + more, tuple(numbers)
+    moved = [c for c in numbers if c.committed != c.now]
+    if not moved:
+        return WITHIN, "same values, different formatting", tuple(numbers)
+    worst = max(moved, key=lambda c: c.delta / c.allowed if c.allowed else math.inf)
+    share = worst.delta / worst.allowed if worst.allowed else math.inf
+    return (
+        WITHIN,
+        f"largest move {share:.0%} of its tolerance at {worst.key} (|d|={worst.delta:.3g})",
+        tuple(numbers),
+    )
 
 
 def _load_doc(path: str, data: bytes) -> Any:
@@ -289,6 +323,7 @@ def compare_outputs(
     current: Mapping[str, bytes | None],
     cfg,
     changed_files: Mapping[str, list[str]] | None = None,
+    contexts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Row]:
     """One row per output.
 
@@ -299,6 +334,7 @@ def compare_outputs(
     cfg : config.VerifySection
     changed_files : dir output -> the files in it that differ, where both
         manifests were in the DVC cache
+    contexts : metrics path -> its dataset's scale (n_test, r2) for the tolerances
     """
     rows = []
     for out in outputs:
@@ -322,7 +358,12 @@ def compare_outputs(
         else:
             same = was is not None and was == now
         if same:
-            rows.append(Row(p, out.stage, BIT_IDENTICAL))
+            numbers: tuple[NumberCheck, ...] = ()
+            if out.metric and committed.get(p) is not None:  # each number moved 0
+                doc = _parse(p, committed[p])
+                if doc is not None:
+                    numbers = compare_metrics(doc, doc, p, cfg, (contexts or {}).get(p))[2]
+            rows.append(Row(p, out.stage, BIT_IDENTICAL, numbers=numbers))
             continue
         files = (changed_files or {}).get(p)
         if files:
@@ -344,7 +385,8 @@ def compare_outputs(
                 p, out.stage, CHANGED, f"data must be bit-identical; {md5_detail}{note}", True
             )
         elif out.metric:
-            row = _metric_row(out, before, current.get(p), cfg, was, now, note)
+            context = (contexts or {}).get(p)
+            row = _metric_row(out, before, current.get(p), cfg, was, now, note, context)
         else:
             strict = " (verify.strict)" if cfg.strict else ""
             row = Row(p, out.stage, DIFFERS, md5_detail + note + strict, cfg.strict)
@@ -352,11 +394,18 @@ def compare_outputs(
     return rows
 
 
+def _parse(path: str, data: bytes) -> Any:
+    try:
+        return _load_doc(path, data)
+    except Exception:  # a broken file is reported where it differs, not here
+        return None
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def _metric_row(out: Output, before, after, cfg, was, now, note: str = "") -> Row:
+def _metric_row(out: Output, before, after, cfg, was, now, note: str = "", context=None) -> Row:
     if before is None or after is None:
         detail = f"committed version not in the DVC cache (dvc pull?); md5 {_short(was)} -> {_short(now)}"
         return Row(out.path, out.stage, DRIFTED, detail, True)
@@ -365,11 +414,11 @@ def _metric_row(out: Output, before, after, cfg, was, now, note: str = "") -> Ro
     except Exception as exc:  # JSON or YAML syntax errors in a (hand-edited) metrics file
         detail = f"cannot parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         return Row(out.path, out.stage, DRIFTED, detail[:120], True)
-    status, detail = compare_metrics(old_doc, new_doc, out.path, cfg)
+    status, detail, numbers = compare_metrics(old_doc, new_doc, out.path, cfg, context)
     detail += note
     if cfg.strict and status == WITHIN:
-        return Row(out.path, out.stage, status, detail + " (verify.strict)", True)
-    return Row(out.path, out.stage, status, detail, status == DRIFTED)
+        return Row(out.path, out.stage, status, detail + " (verify.strict)", True, numbers)
+    return Row(out.path, out.stage, status, detail, status == DRIFTED, numbers)
 
 
 # --- the report ---------------------------------------------------------------------
@@ -379,6 +428,10 @@ def _metric_row(out: Output, before, after, cfg, was, now, note: str = "") -> Ro
 class Report:
     outputs: list[Row]  # one per output, in pipeline order
     problems: list[Row]  # stale lock entries and re-runs
+    # The numeric platforms (verify/platform.py) the committed results and this re-run
+    # were made on; None when unknown (an older commit without reports/platform.json).
+    committed_platform: Mapping[str, Any] | None = None
+    platform: Mapping[str, Any] | None = None
 
     @property
     def rows(self) -> list[Row]:
@@ -403,11 +456,71 @@ class Report:
             allowed = sum(r.status in (WITHIN, DIFFERS) and not r.failed for r in self.outputs)
             if allowed:
                 lines.append(f"(and {allowed} outputs that differ as verify.strict: false allows)")
+        lines += self._platform_lines()
         summary = f"verify {'OK' if self.ok else 'FAILED'}: {len(self.outputs)} outputs"
         for rows in (self.outputs, self.problems):
             if rows:
                 summary += "; " + ", ".join(f"{n} {s}" for s, n in self.counts(rows).items())
         return "\n".join([*lines, "", summary])
+
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as data (`linflow verify --json`, read by make portability)."""
+
+        def row(r: Row) -> dict[str, Any]:
+            return {
+                "path": r.path,
+                "stage": r.stage,
+                "status": r.status,
+                "detail": r.detail,
+                "failed": r.failed,
+                "numbers": [
+                    {"key": n.key, "committed": n.committed, "now": n.now,
+                     "allowed": n.allowed, "rule": n.rule}
+                    for n in r.numbers
+                ],
+            }  # fmt: skip
+
+        return {
+            "ok": self.ok,
+            "counts": self.counts(self.rows),
+            "outputs": [row(r) for r in self.outputs],
+            "problems": [row(r) for r in self.problems],
+            "committed_platform": self.committed_platform,
+            "platform": self.platform,
+        }
+
+    def _platform_lines(self) -> list[str]:
+        """Why outputs differ: the committed numeric platform beside this one."""
+        from linflow.verify.platform import describe, differences
+
+        if self.platform is None:
+            return []
+        here = describe(self.platform)
+        if self.committed_platform is None:
+            return ["", f"Numeric platform: committed unknown (no reports/platform.json); here {here}"]
+        diff = differences(self.committed_platform, self.platform)
+        n_differ = sum(r.status in (DIFFERS, WITHIN) for r in self.outputs)
+        if not diff:
+            why = (
+                "; the same platform, so outputs that differ point at nondeterminism"
+                if n_differ
+                else ""
+            )
+            return ["", f"Numeric platform: the committed one ({here}){why}"]
+        out = [
+            "",
+            f"Numeric platform: committed {describe(self.committed_platform)}",
+            f"                  here      {here}",
+        ]
+        if n_differ:
+            out.append(
+                f"{n_differ} outputs differ as expected across platforms ("
+                + ", ".join(diff)
+                + "): other kernels round differently and SGD amplifies it; "
+                "the metrics are judged by verify.tolerance"
+            )
+        return out
 
 
 def _grouped(rows: list[Row]) -> list[Row]:
