@@ -26,6 +26,7 @@ LINE_OUTPUTS = [
     ("reports/line/history.csv", "train@line"),
     ("reports/line/loss_curve.png", "train@line"),
     ("reports/line/predictions.csv", "evaluate@line"),
+    ("reports/line/evaluation.json", "evaluate@line"),
     ("reports/line/metrics.json", "evaluate@line"),
     ("reports/line/predictions.png", "evaluate@line"),
 ]
@@ -87,7 +88,7 @@ def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
     got = rows(stdout)
     for path, stage in LINE_OUTPUTS:
         assert got[(path, stage)] == ["bit-identical"], (path, stdout)
-    assert stdout.strip().endswith("verify OK: 8 outputs; 8 bit-identical")
+    assert stdout.strip().endswith("verify OK: 9 outputs; 9 bit-identical")
     for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
         assert f"Running stage '{stage}'" in stderr  # forced: each really ran
     assert git(repo, "status", "--porcelain", "reports") == ""
@@ -105,8 +106,8 @@ def _training_runs(repo: Path) -> int:
 def test_an_edited_metric_and_a_missing_report_fail_naming_them(repo):
     path = repo / "reports/line/metrics.json"
     doc = json.loads(path.read_text())
-    true_rmse = doc["test"]["rmse"]
-    doc["test"]["rmse"] = round(true_rmse * 0.5, 6)  # a better number than the pipeline gives
+    true_rmse = doc["line"]["test"]["rmse"]
+    doc["line"]["test"]["rmse"] = round(true_rmse * 0.5, 6)  # better than the pipeline gives
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     git(repo, "rm", "-q", "reports/line/loss_curve.png")  # a report left out of the commit
     git(repo, "commit", "-qam", "better rmse, no loss curve")
@@ -117,7 +118,7 @@ def test_an_edited_metric_and_a_missing_report_fail_naming_them(repo):
     got = rows(res.stdout)
     assert got[("reports/line/metrics.json", "evaluate@line")][0] == "drifted"
     (line,) = [ln for ln in differs(res.stdout) if ln.startswith("reports/line/metrics.json")]
-    assert f"test.rmse {doc['test']['rmse']:.6g} -> {true_rmse:.6g}" in line
+    assert f"line.test.rmse {doc['line']['test']['rmse']:.6g} -> {true_rmse:.6g}" in line
     assert line.endswith("; the committed file is not the one dvc.lock records (edited?)")
     assert got[("reports/line/loss_curve.png", "train@line")][0] == "missing"
     assert got[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
@@ -157,3 +158,53 @@ def test_a_stale_lock_fails_even_when_the_outputs_are_identical(repo):
     assert rows(res.stdout)[("data/raw/line.npz", "prepare@line")] == ["bit-identical"]
     (stale,) = differs(res.stdout)
     assert stale.split()[:4] == ["src/linflow/datasets", "prepare@line", "stale", "lock"]
+
+
+# --- real drift is caught, on this CPU and as another CPU would run -------------------
+
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
+
+def test_a_changed_lr_fails_naming_the_param_even_as_another_cpu(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["regression"]["lr"] = 0.1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "lr 0.1, lock not updated")
+
+    res = run(["linflow", "verify", "train@line"], repo, pipeline_env(**OTHER_CPU), check=False)
+
+    assert res.returncode == 1, res.stdout + res.stderr
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("params.yaml:train.regression.lr")]
+    assert "stale lock" in stale and "committed 0.2, now 0.1" in stale
+    assert "torch DEFAULT, MKL COMPATIBLE" in res.stdout  # the platform it ran as
+
+
+def test_a_one_line_change_to_the_maths_fails_naming_the_file_even_as_another_cpu(repo):
+    src = repo / "src/linflow/training.py"
+    text = src.read_text()
+    assert '{"params": [lin.bias], "weight_decay": 0.0}' in text
+    src.write_text(text.replace(
+        '{"params": [lin.bias], "weight_decay": 0.0}',
+        '{"params": [lin.bias], "weight_decay": weight_decay}',  # decay the bias too
+    ))  # fmt: skip
+    git(repo, "commit", "-qam", "decay the bias, forget dvc repro")
+
+    res = run(["linflow", "verify", "train@line"], repo, pipeline_env(**OTHER_CPU), check=False)
+
+    assert res.returncode == 1
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("src/linflow/training.py")]
+    assert "train@line" in stale and "stale lock" in stale
+
+
+def test_strict_verify_refuses_another_numeric_platform_in_one_line(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["verify"]["strict"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "strict")
+    t0 = time.monotonic()
+    res = run(["linflow", "verify"], repo, pipeline_env(MKL_CBWR="COMPATIBLE"), check=False)
+    assert res.returncode == 1 and time.monotonic() - t0 < 60  # refused before re-running
+    (line,) = [ln for ln in res.stderr.splitlines() if "error" in ln]
+    assert line.startswith("linflow verify: error: params.yaml: verify.strict: true needs")
+    assert "mkl_cbwr auto -> COMPATIBLE" in line
+    assert "Running stage" not in res.stderr
