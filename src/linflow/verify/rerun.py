@@ -48,6 +48,11 @@ def run_verify(root: Path, cfg, targets: list[str], threads: dict[str, int]) -> 
     """
     if not (root / "dvc.yaml").is_file():
         raise VerifyError(f"{root}: no dvc.yaml here (run from the repo root)")
+    old = read_lock(root / "dvc.lock")
+    outputs, declared, cache = declared_outputs(root)
+    old_md5 = verify.out_hashes(old)
+    committed = {o.path: _snapshot(root, o, old_md5, cache) for o in outputs}
+    contexts = _contexts(root, [o for o in outputs if o.metric])
     committed_platform = read_platform(root / PLATFORM_FILE)
     here = fingerprint(threads)
     if committed_platform is not None:
@@ -61,11 +66,6 @@ def run_verify(root: Path, cfg, targets: list[str], threads: dict[str, int]) -> 
                     f"were made on, and this one differs ({'; '.join(diff)}); set "
                     "verify.strict: false to judge metrics by verify.tolerance"
                 )
-    old = read_lock(root / "dvc.lock")
-    outputs, declared, cache = declared_outputs(root)
-    old_md5 = verify.out_hashes(old)
-    committed = {o.path: _snapshot(root, o, old_md5, cache) for o in outputs}
-    contexts = _contexts(root, [o for o in outputs if o.metric])
 
     with tempfile.TemporaryDirectory(prefix="linflow-verify-") as tmp:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
