@@ -89,7 +89,7 @@ def train(root: Path, params: Path, model: Path) -> int:
 
 
 def test_train_records_the_trajectory_and_the_bound(pipeline):
-    from linflow.storage import load_npz, read_json
+    from linflow.core.storage import load_npz, read_json
 
     card = read_json(pipeline / "model" / "model.json")
     traj = load_npz(pipeline / "model" / "trajectory.npz")
@@ -128,7 +128,7 @@ def test_compare_passes_and_writes_its_outputs(pipeline, tmp_path):
     # the gaps went to the training run in MLflow
     from mlflow import MlflowClient
 
-    from linflow.storage import file_md5
+    from linflow.core.storage import file_md5
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("linflow-line")

@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from linflow.core.errors import VerifyError
 from linflow.verify import check as verify
-from linflow.verify.check import Output, VerifyError
+from linflow.verify.check import Output
 from linflow.verify.platform import describe, differences, fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def run_verify(root: Path, cfg, targets: list[str], threads: dict[str, int]) -> 
     """
     if not (root / "dvc.yaml").is_file():
         raise VerifyError(f"{root}: no dvc.yaml here (run from the repo root)")
+    old = read_lock(root / "dvc.lock")
+    outputs, declared, cache = declared_outputs(root)
+    old_md5 = verify.out_hashes(old)
+    committed = {o.path: _snapshot(root, o, old_md5, cache) for o in outputs}
+    contexts = _contexts(root, [o for o in outputs if o.metric])
     committed_platform = read_platform(root / PLATFORM_FILE)
     here = fingerprint(threads)
     if committed_platform is not None:
@@ -61,11 +67,6 @@ def run_verify(root: Path, cfg, targets: list[str], threads: dict[str, int]) -> 
                     f"were made on, and this one differs ({'; '.join(diff)}); set "
                     "verify.strict: false to judge metrics by verify.tolerance"
                 )
-    old = read_lock(root / "dvc.lock")
-    outputs, declared, cache = declared_outputs(root)
-    old_md5 = verify.out_hashes(old)
-    committed = {o.path: _snapshot(root, o, old_md5, cache) for o in outputs}
-    contexts = _contexts(root, [o for o in outputs if o.metric])
 
     with tempfile.TemporaryDirectory(prefix="linflow-verify-") as tmp:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -125,3 +126,120 @@ def _contexts(root: Path, metrics: list[Output]) -> dict[str, dict]:
         ctx = {"n_test": doc.get("n_test"), "r2": ours.get("r2")}
         out[o.path] = {k: v for k, v in ctx.items() if isinstance(v, (int, float))}
     return out
+
+
+def read_lock(path: Path) -> dict[str, dict]:
+    """The parsed `stages` of a dvc.lock; a one-line VerifyError when absent or corrupted."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"{path.name}: not found (run dvc repro and commit dvc.lock)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise VerifyError(f"{path.name}: not valid YAML{where} (corrupted?)") from None
+    return verify.parse_lock(doc, path.name)
+
+
+def declared_outputs(root: Path) -> tuple[list[Output], list[str], Path | None]:
+    """(outputs in pipeline order, every stage name, the DVC cache folder) from dvc.yaml."""
+    import yaml
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    top = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    top_metrics = {str(m) for m in top.get("metrics") or [] if isinstance(m, str)}
+    try:
+        with Repo(str(root)) as repo:
+            stages = list(repo.index.stages)
+            outputs = []
+            for stage in stages:
+                for o in stage.outs:
+                    rel = Path(os.path.relpath(o.fs_path, root)).as_posix()
+                    metric = bool(o.metric) or rel in top_metrics
+                    outputs.append(Output(rel, stage.addressing, bool(o.use_cache), metric))
+            cache = getattr(getattr(repo.cache, "local", None), "path", None)
+    except DvcException as exc:
+        raise VerifyError(f"dvc.yaml: {str(exc).splitlines()[0]}") from None
+    return outputs, [s.addressing for s in stages], Path(cache) if cache else None
+
+
+def _snapshot(root: Path, out: Output, md5s: dict, cache: Path | None) -> bytes | None:
+    # Git-tracked outputs are compared by content (DVC deletes them before a re-run);
+    # a DVC-cached metrics file by its cached object, where the cache holds it.
+    if not out.cached:
+        path = root / out.path
+        if path.is_dir():  # a git-tracked folder: its file names and contents, in order
+            files = sorted(f for f in path.rglob("*") if f.is_file())
+            return b"".join(
+                f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0"
+                for f in files
+            )
+        return path.read_bytes() if path.is_file() else None
+    md5 = md5s.get(out.path)
+    if out.metric and md5 and cache is not None:
+        obj = cache / md5[:2] / md5[2:]
+        return obj.read_bytes() if obj.is_file() else None
+    return None
+
+
+def _changed_files(outputs, old_md5: dict, new_md5: dict, cache: Path | None) -> dict:
+    """Files that differ inside changed directory outputs, where both manifests are cached."""
+
+    def manifest(md5: str | None) -> dict | None:
+        if not md5 or not md5.endswith(".dir") or cache is None:
+            return None
+        try:
+            entries = json.loads((cache / md5[:2] / md5[2:]).read_text())
+            return {e["relpath"]: e["md5"] for e in entries}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    out = {}
+    for o in outputs:
+        a, b = manifest(old_md5.get(o.path)), manifest(new_md5.get(o.path))
+        if a is not None and b is not None and a != b:
+            out[o.path] = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return out
+
+
+def _dvc_repro(args: list[str], env: dict, echo: bool) -> list[str]:
+    """Run `dvc repro ARGS` (its output echoed to stderr); the stages it ran, in order."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if echo:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    code = proc.wait()
+    if code != 0:
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or ["no output"]
+        raise VerifyError(f"dvc repro {' '.join(args)} failed (exit {code}): {errors[-1]}")
+    return [m.group(1) for ln in lines if (m := re.match(r"Running stage '([^']+)'", ln))]
+
+
+def _dvc_status(targets: list[str], env: dict) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", *targets],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    try:
+        status = json.loads(res.stdout or "{}")
+    except ValueError:
+        status = None
+    if res.returncode != 0 or not isinstance(status, dict):
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise VerifyError(f"dvc status failed (exit {res.returncode}): {last}")
+    return status

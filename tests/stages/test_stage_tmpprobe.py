@@ -1,0 +1,3 @@
+import time
+def test_probe(line_run, digits_run):
+    pass
