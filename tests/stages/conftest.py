@@ -127,4 +127,3 @@ def line_run(workspace, mlflow_uri, make_params, run_stage) -> SimpleNamespace:
 def digits_run(workspace, mlflow_uri, make_params, run_stage) -> SimpleNamespace:
     """The whole pipeline of `digits` (1797 rows, 10 classes), once."""
     return _chain("digits", workspace, mlflow_uri, make_params, run_stage)
-

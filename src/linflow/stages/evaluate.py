@@ -27,17 +27,20 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     from linflow import metrics
     from linflow.core import plots, tracking
-    from linflow.core.artifacts import ModelCard, TestMetrics, load_split
+    from linflow.core.artifacts import ModelCard, TestMetrics, check_task, load_split
     from linflow.core.errors import DataError
     from linflow.core.storage import file_md5, load_weights, read_json, write_csv, write_json
 
+    ds = params.dataset(args.dataset)  # an unknown dataset is a one-line ConfigError
     data = Path(args.data or f"data/prepared/{args.dataset}")
     model_dir = Path(args.model or f"models/{args.dataset}")
     reports = Path(args.reports or f"reports/{args.dataset}")
     card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
     tensors, _ = load_weights(model_dir / card.weights["file"])
     W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
-    X, y, _ = load_split(data, "test")
+    X, y, arrays = load_split(data, "test")
+    check_task(data, str(arrays["task"]), args.dataset, ds.task)
+    check_task(model_dir, card.task, args.dataset, ds.task, "model")
     if X.shape[1] != W.shape[1]:
         raise DataError(
             f"{data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}"
