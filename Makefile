@@ -27,7 +27,7 @@ pins: ## re-resolve all dependencies and rewrite constraints.txt (then make test
 	rm -rf .venv-pins && python3 -m venv .venv-pins
 	.venv-pins/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	{ echo "# Every package, transitive ones included, at the exact version the project is tested"; \
-	  echo "# with (pip install -c constraints.txt). Regenerate with 'make pins' (README, \"Pins\")."; \
+	  echo "# with (pip install -c constraints.txt). Regenerate with 'make pins' (docs/reproducibility.md)."; \
 	  .venv-pins/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' | grep -v '^linflow'; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt && rm -rf .venv-pins
 

@@ -37,10 +37,10 @@ def main() -> int:
 
     import torch
 
-    from linflow import tracking
-    from linflow.config import load_params
-    from linflow.split import apply_scaler
-    from linflow.storage import load_npz, read_json
+    from linflow.core import tracking
+    from linflow.core.artifacts import apply_scaler
+    from linflow.core.config import load_params
+    from linflow.core.storage import load_npz, read_json
     from linflow.training import fit, make_engine
 
     params = load_params(ROOT / "params.yaml")

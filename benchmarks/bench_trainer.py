@@ -38,9 +38,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from linflow.config import load_params  # noqa: E402
+from linflow.core.artifacts import apply_scaler  # noqa: E402
+from linflow.core.config import load_params  # noqa: E402
 from linflow.datasets import fashion_mnist  # noqa: E402
-from linflow.split import apply_scaler, fit_scaler, split_indices  # noqa: E402
+from linflow.split import fit_scaler, split_indices  # noqa: E402
 from linflow.training import fit, make_engine  # noqa: E402
 
 
@@ -108,7 +109,7 @@ def main() -> int:
     torch.set_num_threads(params.train.threads)
     ds_cfg = params.datasets.get("fashion_mnist")
     if ds_cfg is None:
-        from linflow.config import FashionMnistSource
+        from linflow.core.config import FashionMnistSource
 
         ds_cfg = FashionMnistSource(source="fashion_mnist", task="classification")
     raw = fashion_mnist.load(ds_cfg)

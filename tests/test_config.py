@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from linflow.config import ConfigError, load_params, parse_params
+from linflow.core.config import ConfigError, load_params, parse_params
 
 
 def _set(d: dict, dotted: str, value) -> dict:
@@ -150,3 +150,11 @@ def test_cli_exits_nonzero_with_one_line_and_writes_nothing(
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith(f"linflow {stage}: error: ") and message in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("section", ["split", "reference", "compare", "verify"])
+def test_code_defaults_equal_params_yaml(base_params, section):
+    """A params file without the section behaves as the committed params.yaml documents."""
+    full = parse_params(base_params)
+    trimmed = {k: v for k, v in base_params.items() if k != section}
+    assert getattr(parse_params(trimmed), section) == getattr(full, section)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linflow.config import ConfigError, load_params, parse_params
+from linflow.core.config import ConfigError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

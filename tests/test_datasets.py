@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from linflow.config import parse_params
-from linflow.datasets import load_source, validate_arrays
-from linflow.storage import DataError
+from linflow.core.artifacts import validate_arrays
+from linflow.core.config import parse_params
+from linflow.core.storage import DataError
+from linflow.datasets import load_source
 
 
 @pytest.fixture
@@ -67,3 +68,10 @@ def _arrays(**over):
 def test_validate_arrays_rejects_bad_data(over, match):
     with pytest.raises(DataError, match=match):
         validate_arrays(_arrays(**over), "some.npz")
+
+
+def test_sources_are_registered_once_with_a_loader_and_a_params_model():
+    from linflow.core.config import SOURCE_MODELS, SOURCES
+    from linflow.datasets import LOADERS
+
+    assert tuple(LOADERS) == SOURCES == tuple(SOURCE_MODELS)

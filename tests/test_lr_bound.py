@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from linflow.config import RegressionTrain
+from linflow.core.config import RegressionTrain
 from linflow.training import DivergenceError, fit, lr_stability_bound, make_engine
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linflow import preload
+from linflow.launch import worker as preload
 
 ROOT = Path(__file__).resolve().parents[1]
 LINFLOW = [sys.executable, "-m", "linflow"]

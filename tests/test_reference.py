@@ -15,9 +15,12 @@ import pytest
 import torch
 
 from linflow import reference as R
-from linflow.config import ClassificationTrain, RegressionTrain
+from linflow.core.config import ClassificationTrain, RegressionTrain
 from linflow.scratch import loss_and_grads
 from linflow.training import fit, make_engine
+
+# Converged far below scikit-learn's default tol, so gradients can be compared to ~1e-6.
+TIGHT = {"max_iter": 5000, "tol": 1e-8}
 
 
 def regression_data(seed: int, n: int = 60, d: int = 4, noise: float = 0.3):
@@ -123,7 +126,7 @@ def test_full_batch_training_with_weight_decay_converges_to_ridge(impl, wd, seed
 def test_objective_gradient_vanishes_at_logistic_regression(k, wd):
     """The C = 1 / (n wd) mapping (2 / (n wd) for two classes) is exact."""
     X, y = classification_data(k, k=k)
-    ref = R.fit_logistic_regression(X, y, k, wd)
+    ref = R.fit_logistic_regression(X, y, k, wd, **TIGHT)
     assert ref.converged
     assert ref.weight.shape == (k, X.shape[1]) and ref.bias.shape == (k,)
     np.testing.assert_allclose(ref.weight.sum(axis=0), 0, atol=1e-12)  # centred
@@ -134,7 +137,7 @@ def test_objective_gradient_vanishes_at_logistic_regression(k, wd):
 def test_full_batch_training_converges_to_logistic_regression():
     X, y = classification_data(5)
     wd = 0.05
-    ref = R.fit_logistic_regression(X, y, 3, wd)
+    ref = R.fit_logistic_regression(X, y, 3, wd, **TIGHT)
     cfg = ClassificationTrain(lr=1.0, batch_size="full", epochs=600, weight_decay=wd)
     engine = make_engine("scratch", "classification", X.shape[1], 3, cfg, dtype=torch.float64)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -147,7 +150,7 @@ def test_logistic_regression_reports_non_convergence_without_warning():
     X, y = classification_data(6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may escape, ConvergenceWarning included
-        ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=2)
+        ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=2, tol=1e-8)
     assert not ref.converged
 
 
@@ -160,7 +163,7 @@ def test_logistic_regression_without_weight_decay_is_unpenalised():
 def test_logistic_regression_needs_every_class():
     X, y = classification_data(7)
     with pytest.raises(ValueError, match=r"missing \[3\]"):
-        R.fit_logistic_regression(X, y, 4, 0.01)
+        R.fit_logistic_regression(X, y, 4, 0.01, **TIGHT)
 
 
 def test_centring_changes_no_prediction():
@@ -183,7 +186,7 @@ def test_relative_l2():
 
 def test_compare_to_reference_reports_every_gap():
     X, y = classification_data(8)
-    ref = R.fit_logistic_regression(X, y, 3, 0.01)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, **TIGHT)
     shifted = (ref.weight + 7.0, ref.bias - 2.0)  # the same classifier, not centred
     out = R.compare_to_reference(
         "classification", "cross_entropy", 0.01, shifted, (ref.weight, ref.bias), (X, y), (X, y)

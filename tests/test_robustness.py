@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from linflow.storage import load_npz, save_npz
+from linflow.core.storage import load_npz, save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -349,7 +349,7 @@ def test_an_output_path_that_is_a_folder(tmp_path):
 
 
 def test_npz_with_a_pickled_object_array_is_refused(tmp_path):
-    from linflow.storage import DataError
+    from linflow.core.storage import DataError
 
     np.savez(tmp_path / "evil.npz", X=np.array([{"a": 1}], dtype=object))  # pickles the dict
     with pytest.raises(DataError, match=r"evil\.npz: not a readable npz file \(.*allow_pickle"):

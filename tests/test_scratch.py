@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linflow.config import ClassificationTrain, RegressionTrain
+from linflow.core.config import ClassificationTrain, RegressionTrain
 from linflow.scratch import ScratchEngine, forward, log_softmax, loss_and_grads, sgd_step
 from linflow.training import TorchEngine, fit, make_engine
 

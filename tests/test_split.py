@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from linflow.split import apply_scaler, fit_scaler, split_indices
-from linflow.storage import DataError
+from linflow.core.artifacts import apply_scaler
+from linflow.core.storage import DataError
+from linflow.split import fit_scaler, split_indices
 
 
 def _rng(seed=0):

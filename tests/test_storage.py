@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from linflow.storage import (
+from linflow.core.storage import (
     DataError,
     atomic_path,
     load_npz,
@@ -81,7 +81,7 @@ def test_weights_bytes_are_stable_across_processes(tmp_path):
     import sys
 
     code = (
-        "import sys, numpy as np; from linflow.storage import save_weights\n"
+        "import sys, numpy as np; from linflow.core.storage import save_weights\n"
         "save_weights(sys.argv[1], {'weight': np.ones((2, 3), np.float32), 'bias': np.zeros(2, np.float32)},"
         " {'task': 'a', 'n_features': '3', 'n_outputs': '2', 'x': 'y'})\n"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linflow.tracking import redact, repo_root
+from linflow.core.tracking import redact, repo_root
 
 ROOT = Path(__file__).resolve().parents[1]
 

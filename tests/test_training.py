@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from linflow.config import ClassificationTrain, RegressionTrain
+from linflow.core.config import ClassificationTrain, RegressionTrain
 from linflow.training import DivergenceError, fit, lr_stability_bound, make_engine
 
 

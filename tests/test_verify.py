@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from linflow.config import ConfigError, VerifySection, parse_params
+from linflow.core.config import ConfigError, VerifySection, parse_params
 from linflow.verify.check import (
     Output,
     Report,
@@ -221,7 +221,10 @@ def test_the_tolerance_knobs_come_from_params(base_params):
 BAD_VERIFY = [
     ({"tolerance": {"loss": -1.0}}, "verify.tolerance.loss must be a finite float >= 0, got -1.0"),
     ({"tolerance": {"weights": float("nan")}}, "weights must be a finite float >= 0, got nan"),
-    ({"tolerance": {"rows": 1.0}}, r"verify\.tolerance\.rows must be a float in \[0, 1\), got 1\.0"),
+    (
+        {"tolerance": {"rows": 1.0}},
+        r"verify\.tolerance\.rows must be a float in \[0, 1\), got 1\.0",
+    ),
     ({"tolerance": {"min_rows": 2.5}}, r"verify\.tolerance\.min_rows must be an integer >= 0"),
     ({"tolerance": {"loss": "1e-6"}}, r"got '1e-6' \(text, not a number: write 1\.0e-06\)"),
     ({"tolerance": {"default": {"abs": 1.0}}}, "verify.tolerance.default is not a known key"),

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from linflow.core.errors import ToleranceError
 from linflow.metrics import log_softmax, predict_linear, regression_metrics
 
 __all__ = [
@@ -52,10 +53,6 @@ __all__ = [
     "failure_message",
     "trajectory_distance",
 ]
-
-
-class ToleranceError(ValueError):
-    """A gap to the reference exceeds its tolerance; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +154,8 @@ def fit_logistic_regression(
     y: np.ndarray,
     n_classes: int,
     weight_decay: float,
-    max_iter: int = 5000,
-    tol: float = 1e-8,
+    max_iter: int,
+    tol: float,
 ) -> ReferenceFit:
     """scikit-learn's multinomial LogisticRegression (lbfgs), L2 matched to wd.
 

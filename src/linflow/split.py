@@ -1,16 +1,18 @@
-"""Deterministic (stratified) train/val/test split and the standard scaler.
+"""Deterministic (stratified) train/val/test split and the standard scaler's statistics.
 
 Pure: index arithmetic on arrays. The scaler's statistics come from the train
-split only, so nothing about val/test leaks into training.
+split only, so nothing about val/test leaks into training. Applying the scaler is part of
+the prepared-data contract that every later stage reads:
+:func:`linflow.core.artifacts.apply_scaler`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from linflow.storage import DataError
+from linflow.core.errors import DataError
 
-__all__ = ["split_indices", "fit_scaler", "apply_scaler"]
+__all__ = ["split_indices", "fit_scaler"]
 
 
 def _counts(n: int, val: float, test: float) -> tuple[int, int, int]:
@@ -78,12 +80,3 @@ def fit_scaler(X: np.ndarray, x_scale: float, standardize: bool) -> dict:
     std = Xf.std(axis=0)
     std[std == 0] = 1.0  # constant features (e.g. border pixels) stay 0 after centring
     return {"standardize": True, "x_scale": x_scale, "mean": mean.tolist(), "std": std.tolist()}
-
-
-def apply_scaler(X: np.ndarray, scaler: dict) -> np.ndarray:
-    """float32 features (X * x_scale - mean) / std, shape (n, d)."""
-    Xf = np.multiply(X, np.float32(scaler["x_scale"]), dtype=np.float32)  # one pass
-    if scaler["standardize"]:
-        Xf -= np.asarray(scaler["mean"], dtype=np.float32)
-        Xf /= np.asarray(scaler["std"], dtype=np.float32)
-    return Xf

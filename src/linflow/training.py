@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from linflow.core.errors import DivergenceError
 from linflow.models import build_model
 from linflow.scratch import ScratchEngine, log_softmax
 
@@ -33,10 +34,6 @@ __all__ = [
     "lr_stability_bound",
     "make_engine",
 ]
-
-
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss; the message is one line."""
 
 
 @dataclass

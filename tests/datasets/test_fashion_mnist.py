@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linflow.config import FashionMnistSource
+from linflow.core.config import FashionMnistSource
+from linflow.core.storage import DataError
 from linflow.datasets import fashion_mnist as fm
-from linflow.storage import DataError
 
 N_TRAIN, N_TEST = 20, 10
 

@@ -21,10 +21,14 @@ def reproduced(tmp_path_factory):
     committed_lock = (dest / "dvc.lock").read_text()
     res = run(["dvc", "repro"], dest, pipeline_env())
     # On another CPU than the one that made the committed results, weights, metrics and
-    # the lock's output hashes differ in their last bits (README, "Reproducibility"):
+    # the lock's output hashes differ in their last bits (docs/reproducibility.md):
     # commit what this machine made, so the tests below judge bit-identity against a
     # run on this machine, where it is promised. test_pipeline checks the committed
     # results against this run with the gate's tolerances.
     run(["git", "add", "-A"], dest, pipeline_env())
-    run(["git", "commit", "-qm", "reproduced on this machine", "--allow-empty"], dest, pipeline_env())
+    run(
+        ["git", "commit", "-qm", "reproduced on this machine", "--allow-empty"],
+        dest,
+        pipeline_env(),
+    )
     return dest, committed_lock, res

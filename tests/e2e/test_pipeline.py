@@ -63,7 +63,7 @@ def test_a_fresh_run_matches_the_committed_results_on_any_cpu(repo):
     from another)."""
     import subprocess
 
-    from linflow.config import load_params
+    from linflow.core.config import load_params
     from linflow.verify.check import compare_metrics, out_hashes, parse_lock, stale_rows
 
     path, committed_lock, _ = repo
@@ -113,7 +113,7 @@ def test_default_params_reach_the_quality_bar(repo):
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
-    from linflow.split import apply_scaler
+    from linflow.core.artifacts import apply_scaler
 
     data = path / "data/prepared/diabetes"
     scaler = json.loads((data / "scaler.json").read_text())

@@ -174,7 +174,9 @@ def test_a_changed_lr_fails_naming_the_param_even_as_another_cpu(repo):
     res = run(["linflow", "verify", "train@line"], repo, pipeline_env(**OTHER_CPU), check=False)
 
     assert res.returncode == 1, res.stdout + res.stderr
-    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("params.yaml:train.regression.lr")]
+    (stale,) = [
+        ln for ln in differs(res.stdout) if ln.startswith("params.yaml:train.regression.lr")
+    ]
     assert "stale lock" in stale and "committed 0.2, now 0.1" in stale
     assert "torch DEFAULT, MKL COMPATIBLE" in res.stdout  # the platform it ran as
 

@@ -7,7 +7,7 @@ import numpy as np
 from linflow.datasets import RawData
 
 
-def load_diabetes() -> RawData:
+def load_diabetes(cfg=None, rng=None) -> RawData:
     """442 patients x 10 baseline features -> disease progression after one year."""
     from sklearn.datasets import load_diabetes as _load
 
@@ -20,7 +20,7 @@ def load_diabetes() -> RawData:
     )
 
 
-def load_digits() -> RawData:
+def load_digits(cfg=None, rng=None) -> RawData:
     """1797 8x8 images of digits 0-9; pixels scaled from 0..16 to [0, 1]."""
     from sklearn.datasets import load_digits as _load
 

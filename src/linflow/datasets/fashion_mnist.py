@@ -29,8 +29,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from linflow.core.errors import DataError
+from linflow.core.storage import atomic_path
 from linflow.datasets import RawData
-from linflow.storage import DataError, atomic_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +80,7 @@ FILES: dict[str, IdxFile] = {
 }
 
 
-def load(cfg) -> RawData:
+def load(cfg, rng=None) -> RawData:
     """All 70000 images: X uint8 (70000, 784), train rows first; y int64 (70000,)."""
     arrays = find_or_fetch(data_root(cfg.root), cfg.mirror, cfg.download)
     return to_raw_data(arrays)

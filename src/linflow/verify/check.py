@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from linflow.storage import DataError
+from linflow.core.errors import VerifyError
 from linflow.verify.tolerance import allowed
 
 __all__ = [
@@ -67,10 +67,6 @@ MISSING = "missing"
 STALE = "stale lock"
 RERAN = "re-ran"
 NOT_UP_TO_DATE = "not up to date"
-
-
-class VerifyError(DataError):
-    """verify cannot run or read its inputs (dvc.lock, dvc.yaml, dvc itself); one line."""
 
 
 @dataclass(frozen=True)
@@ -463,7 +459,6 @@ class Report:
                 summary += "; " + ", ".join(f"{n} {s}" for s, n in self.counts(rows).items())
         return "\n".join([*lines, "", summary])
 
-
     def to_json(self) -> dict[str, Any]:
         """The report as data (`linflow verify --json`, read by make portability)."""
 
@@ -498,7 +493,10 @@ class Report:
             return []
         here = describe(self.platform)
         if self.committed_platform is None:
-            return ["", f"Numeric platform: committed unknown (no reports/platform.json); here {here}"]
+            return [
+                "",
+                f"Numeric platform: committed unknown (no reports/platform.json); here {here}",
+            ]
         diff = differences(self.committed_platform, self.platform)
         n_differ = sum(r.status in (DIFFERS, WITHIN) for r in self.outputs)
         if not diff:

@@ -73,9 +73,7 @@ def spreads(results: dict[str, dict]) -> list[Spread]:
         for row in doc.get("outputs", []):
             for n in row.get("numbers", []):
                 where = f"{row['path']}:{n['key']}"
-                s = Spread(
-                    where, abs(n["now"] - n["committed"]), n["allowed"], n["rule"], variant
-                )
+                s = Spread(where, abs(n["now"] - n["committed"]), n["allowed"], n["rule"], variant)
                 if where not in best or s.share > best[where].share:
                     best[where] = s
     return sorted(best.values(), key=lambda s: (-s.share, s.where))
@@ -155,7 +153,9 @@ def run_portability(root: Path, names: list[str], log) -> tuple[str, bool]:
                 env["LINFLOW_DATA_ROOT"] = str(cache)  # Fashion-MNIST, if cached here
             out = Path(tmp) / f"{name}.json"
             settings = " ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
-            log.info("portability %d/%d: %s (%s): linflow verify ...", i, len(names), name, settings)
+            log.info(
+                "portability %d/%d: %s (%s): linflow verify ...", i, len(names), name, settings
+            )
             t0 = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, "-m", "linflow", "verify", "--json", str(out)],

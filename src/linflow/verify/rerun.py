@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from linflow.core.errors import VerifyError
 from linflow.verify import check as verify
-from linflow.verify.check import Output, VerifyError
+from linflow.verify.check import Output
 from linflow.verify.platform import describe, differences, fingerprint
 
 log = logging.getLogger(__name__)

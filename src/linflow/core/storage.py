@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from linflow.core.errors import DataError, WriteError
+
 __all__ = [
     "DataError",
     "WriteError",
@@ -41,17 +43,6 @@ __all__ = [
 ]
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-class DataError(ValueError):
-    """A user-visible problem with an input file; its message is one line."""
-
-
-class WriteError(DataError):
-    """An output could not be written (disk full, read-only folder, ...); one line.
-
-    Names the final path, not the temp file, since that is what the user asked for.
-    """
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from linflow import preload
+    from linflow.launch import worker as preload
 
     if preload.wanted(argv):
         code = preload.run(argv)

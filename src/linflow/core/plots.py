@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from linflow.storage import atomic_path
+from linflow.core.storage import atomic_path
 
 __all__ = [
     "loss_curve",

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from linflow.core.errors import Interrupted, TrackingError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "repo_root",
     "tracking_uri",
     "redact",
+    "version",
     "TrainingRun",
     "log_to_training_run",
 ]
@@ -43,14 +46,6 @@ KIND_TAG = "linflow.kind"  # 'training' or 'reference'
 ADOPTED_TAG = "linflow.results_from"  # run whose test/compare results this one re-uses
 EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
 EPOCH_FLUSH_S = 2.0
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or used; the message is one line."""
-
-
-class Interrupted(BaseException):
-    """Raised by the SIGTERM handler so runs end KILLED, like Ctrl-C."""
 
 
 def repo_root(cwd: Path | None = None) -> Path:
@@ -64,6 +59,17 @@ def repo_root(cwd: Path | None = None) -> Path:
         if (d / "dvc.yaml").is_file() or (d / ".dvc").is_dir():
             return d
     return cwd
+
+
+def version(dist: str) -> str:
+    """An installed distribution's version for a run's tags ('unknown' if absent)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version(dist)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def tracking_uri() -> str:

@@ -79,7 +79,9 @@ def wanted(argv: list[str]) -> bool:
         return False
     if setting != "1" and "DVC_STAGE" not in os.environ:
         return False
-    stages = {"prepare", "split", "train", "evaluate", "reference", "compare", "report"}
+    from linflow.stages import PIPELINE
+
+    stages = set(PIPELINE)
     if {"-h", "--help"} & set(argv):
         return False
     rest = iter(argv)
@@ -203,7 +205,7 @@ def _start_worker(lock_path: str, log_path: str) -> None:
     try:
         with open(log_path, "wb") as log:  # the last worker's log only
             subprocess.Popen(
-                [sys.executable, "-c", "import linflow.preload as p; p.serve()"],
+                [sys.executable, "-c", "import linflow.launch.worker as p; p.serve()"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

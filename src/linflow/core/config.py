@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from linflow.core.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "Params",
@@ -29,10 +31,6 @@ __all__ = [
     "parse_params",
     "TASKS",
 ]
-
-
-class ConfigError(ValueError):
-    """A user-caused configuration error; its message is one line."""
 
 
 def _allowed(text: str, **kwargs: Any) -> Any:
@@ -163,11 +161,17 @@ class FashionMnistSource(_Strict):
     train: TrainOverrides = TrainOverrides()
 
 
+# The one list of data sources (name -> its params model); datasets/__init__.py maps
+# the same names to their loaders, and a test holds the two to the same names.
+SOURCE_MODELS: dict[str, type[_Strict]] = {
+    get_args(m.model_fields["source"].annotation)[0]: m
+    for m in (LineSource, SyntheticSource, DiabetesSource, DigitsSource, FashionMnistSource)
+}
+SOURCES = tuple(SOURCE_MODELS)
 DatasetConfig = Annotated[
     LineSource | SyntheticSource | DiabetesSource | DigitsSource | FashionMnistSource,
     Field(discriminator="source"),
 ]
-SOURCES = ("line", "synthetic", "diabetes", "digits", "fashion_mnist")
 TASKS = ("regression", "classification")
 
 
@@ -226,7 +230,7 @@ class ClassificationTrain(TrainConfig):
 
 class TrainSection(_Strict):
     # One thread by default: measured faster for small batches and robust when
-    # another process holds the second core (see README, "Threads").
+    # another process holds the second core (docs/benchmarks.md, "Threads").
     threads: PosInt = 1
     device: Literal["cpu", "cuda"] = _allowed("one of 'cpu', 'cuda'", default="cpu")
     regression: RegressionTrain
@@ -366,7 +370,7 @@ def _field_description(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> s
         elif model == "datasets":
             model = "dataset"  # type: ignore[assignment]  # next part is the dataset name
         elif model == "dataset":
-            model = _SOURCE_MODELS.get(part)
+            model = SOURCE_MODELS.get(part)
         elif isinstance(model, tuple):
             value = model[1]
             model = value if isinstance(value, type) and issubclass(value, BaseModel) else None
@@ -375,19 +379,10 @@ def _field_description(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> s
     return desc
 
 
-_SOURCE_MODELS = {
-    "line": LineSource,
-    "synthetic": SyntheticSource,
-    "diabetes": DiabetesSource,
-    "digits": DigitsSource,
-    "fashion_mnist": FashionMnistSource,
-}
-
-
 def _key(loc: tuple[Any, ...]) -> str:
     # A discriminated union puts the tag in loc: datasets.line.line.noise -> datasets.line.noise
     parts = [str(p) for p in loc]
-    if len(parts) >= 3 and parts[0] == "datasets" and parts[2] in _SOURCE_MODELS:
+    if len(parts) >= 3 and parts[0] == "datasets" and parts[2] in SOURCE_MODELS:
         del parts[2]
     return ".".join(parts)
 

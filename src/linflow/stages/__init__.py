@@ -1,0 +1,39 @@
+"""The registry of ``linflow`` subcommands: the one list the CLI, the warm worker
+and the tests read.
+
+Each name is a module here with ``add_arguments(parser)`` and
+``run(args, params) -> int | None``. The DVC stages (``PIPELINE``) are named as
+in dvc.yaml and params.yaml; ``COMMANDS`` are run by people and CI, not by DVC.
+Modules are imported only when their command runs (:func:`load`), so a stage's
+process holds its own code and what it imports, nothing of the other stages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["PIPELINE", "COMMANDS", "DESCRIPTIONS", "load"]
+
+PIPELINE = ("prepare", "split", "train", "evaluate", "reference", "compare", "report")
+COMMANDS = ("verify", "portability")
+
+# One line each: `linflow --help` lists them without importing a stage.
+DESCRIPTIONS = {
+    "prepare": "build data/raw/<ds>.npz from the dataset's source",
+    "split": "split the raw data into train/val/test and fit the scaler on train",
+    "train": "train the model by minibatch SGD (one MLflow run per training)",
+    "evaluate": "test-split metrics, predictions and their plot for the trained model",
+    "reference": "fit the closed-form / classical references on the same train split",
+    "compare": "gaps between the trained model and the reference; the gate",
+    "report": "reports/summary.md over all datasets and the numeric platform",
+    "verify": "re-run the pipeline (dvc repro -f) and judge it against the committed results",
+    "portability": "run verify as other CPUs would (emulated kernel variants); print the spreads",
+}
+
+
+def load(name: str) -> ModuleType:
+    """The module of subcommand `name` (one of PIPELINE + COMMANDS)."""
+    if name not in DESCRIPTIONS:
+        raise KeyError(name)
+    return importlib.import_module(f"linflow.stages.{name}")

@@ -1,0 +1,80 @@
+"""evaluate@<ds>: test-split metrics of the trained model, its predictions and their plot.
+
+Reads ``models/<ds>/`` and ``data/prepared/<ds>/test.npz``; writes
+``reports/<ds>/metrics.json`` (DVC metrics: the test scalars only),
+``evaluation.json`` (with sizes and per-class accuracies), ``predictions.csv``
+(DVC-cached) and ``predictions.png``, and logs the test metrics to the MLflow
+run that trained these weights. The maths is :mod:`linflow.metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("linflow")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dataset", help="a name under datasets: in params.yaml")
+    p.add_argument("--data", help="prepared split folder (default: data/prepared/<dataset>)")
+    p.add_argument("--model", help="model folder (default: models/<dataset>)")
+    p.add_argument("--reports", help="the dataset's reports folder (default: reports/<dataset>)")
+
+
+def run(args, params) -> None:
+    from linflow import metrics
+    from linflow.core import plots, tracking
+    from linflow.core.artifacts import ModelCard, TestMetrics, check_task, load_split
+    from linflow.core.errors import DataError
+    from linflow.core.storage import file_md5, load_weights, read_json, write_csv, write_json
+
+    ds = params.dataset(args.dataset)  # an unknown dataset is a one-line ConfigError
+    data = Path(args.data or f"data/prepared/{args.dataset}")
+    model_dir = Path(args.model or f"models/{args.dataset}")
+    reports = Path(args.reports or f"reports/{args.dataset}")
+    card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
+    tensors, _ = load_weights(model_dir / card.weights["file"])
+    W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
+    X, y, arrays = load_split(data, "test")
+    check_task(data, str(arrays["task"]), args.dataset, ds.task)
+    check_task(model_dir, card.task, args.dataset, ds.task, "model")
+    if X.shape[1] != W.shape[1]:
+        raise DataError(
+            f"{data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}"
+        )
+    out = metrics.predict_linear(X, W, b)  # (n, k)
+    title = f"{args.dataset} test"
+    per_class: dict[str, float] = {}
+    if card.task == "regression":
+        y_hat = out[:, 0]
+        scalars = metrics.regression_metrics(y, y_hat)
+        rows = list(zip(y.tolist(), y_hat.tolist(), strict=True))
+        plots.prediction_scatter(y, y_hat, reports / "predictions.png", title)
+    else:
+        res = metrics.classification_metrics(y, out)
+        names = card.class_names
+        y_pred = out.argmax(axis=1)
+        rows = [[names[a], names[p]] for a, p in zip(y.tolist(), y_pred.tolist(), strict=True)]
+        plots.confusion_png(
+            np.array(res["confusion_matrix"]), names, reports / "predictions.png", title
+        )
+        scalars = {"accuracy": res["accuracy"], "cross_entropy": res["cross_entropy"]}
+        per_class = dict(zip(names, res["per_class_accuracy"], strict=True))
+    write_csv(reports / "predictions.csv", ["actual", "predicted"], rows)
+    doc = TestMetrics(args.dataset, card.task, int(y.shape[0]), card.n_params, scalars, per_class)
+    write_json(reports / "evaluation.json", doc.evaluation_json())
+    write_json(reports / "metrics.json", doc.metrics_json())
+    log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+    tracking.log_to_training_run(
+        args.dataset,
+        file_md5(model_dir / card.weights["file"]),
+        metrics={f"test_{k}": v for k, v in scalars.items()},
+        artifacts=[
+            reports / "metrics.json",
+            reports / "evaluation.json",
+            reports / "predictions.png",
+        ],
+    )

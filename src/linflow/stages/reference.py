@@ -1,0 +1,183 @@
+"""reference@<ds>: the classical solutions of the train objective, on the same split.
+
+Regression: the normal equations (lstsq), scikit-learn's LinearRegression and
+Ridge with alpha matched to the weight decay; classification: scikit-learn's
+LogisticRegression (L2 matched). Reads ``data/prepared/<ds>/`` and params
+``train.<task>.{loss, weight_decay}`` and ``reference``; writes
+``reports/<ds>/reference.json`` and an MLflow run of kind ``reference``. The
+maths is :mod:`linflow.reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("linflow")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dataset", help="a name under datasets: in params.yaml")
+    p.add_argument("--data", help="prepared split folder (default: data/prepared/<dataset>)")
+    p.add_argument("--out", help="reference json (default: reports/<dataset>/reference.json)")
+
+
+@contextlib.contextmanager
+def reference_threads(n: int) -> Iterator[None]:
+    """One thread for every pool except numpy's BLAS, which gets `n` (all BLAS when
+    numpy's cannot be told apart, e.g. one system library shared with scipy).
+
+    A fixed count, never the machine's: the bytes of reference.json depend on it.
+    Fashion-MNIST's lbfgs: 14 s with 2, 18 s with 1; 2 threads for scipy's BLAS or
+    sklearn's OpenMP as well made it slower (21-23 s) by oversubscribing 2 cores.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    ctl = ThreadpoolController()
+    blas = [c.filepath for c in ctl.lib_controllers if c.user_api == "blas"]
+    numpy_blas = [p for p in blas if "numpy" in Path(p).parent.name] or blas
+    with ctl.limit(limits=1):
+        if n > 1 and numpy_blas:
+            with ctl.select(filepath=numpy_blas).limit(limits=n):
+                yield
+        else:
+            yield
+
+
+def _fits(task: str, X, y, k: int, wd: float, rc) -> tuple[dict, dict]:
+    """(name -> zero-argument fit, name -> settings recorded beside it); primary first."""
+    from linflow import reference
+
+    if task == "regression":
+        todo = {
+            "normal_equations": lambda: reference.fit_normal_equations(X, y, wd),
+            "sklearn_linear_regression": lambda: reference.fit_sklearn_linear(X, y),
+            "sklearn_ridge": lambda: reference.fit_sklearn_ridge(X, y, wd),
+        }
+        extra = {
+            "sklearn_ridge": {"alpha": reference.ridge_alpha(X.shape[0], wd)},
+            "sklearn_linear_regression": {"note": "ordinary least squares, no decay"},
+        }
+        return todo, extra
+    todo = {
+        "sklearn_logistic_regression": lambda: reference.fit_logistic_regression(
+            X, y, k, wd, rc.max_iter, rc.tol
+        )
+    }
+    # C null means no penalty (weight_decay 0).
+    extra = {
+        "sklearn_logistic_regression": {
+            "C": reference.logistic_C(X.shape[0], wd, k),
+            "solver": "lbfgs",
+            "max_iter": rc.max_iter,
+            "tol": rc.tol,
+        }
+    }
+    return todo, extra
+
+
+def run(args, params) -> None:
+    from linflow.core.artifacts import check_task, load_split
+
+    ds = params.dataset(args.dataset)
+    cfg = params.train_config(args.dataset)
+    data = Path(args.data or f"data/prepared/{args.dataset}")
+    out = Path(args.out or f"reports/{args.dataset}/reference.json")
+    X, y, meta = load_split(data, "train")
+    X_test, y_test, _ = load_split(data, "test")
+    check_task(data, str(meta["task"]), args.dataset, ds.task)
+
+    import sklearn.linear_model  # noqa: F401  # imported here so fit times exclude it
+
+    from linflow import reference
+    from linflow.core import tracking
+    from linflow.core.artifacts import ReferenceDoc
+    from linflow.core.errors import ConfigError, DataError
+    from linflow.core.storage import file_md5, write_json
+
+    wd, n, rc = cfg.weight_decay, X.shape[0], params.reference
+    todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc)
+    fits: dict[str, reference.ReferenceFit] = {}
+    seconds: dict[str, float] = {}
+    with reference_threads(rc.threads):
+        for name, fit_ref in todo.items():
+            t0 = time.perf_counter()
+            try:
+                fits[name] = fit_ref()
+            except ValueError as exc:
+                raise DataError(f"{data}/train.npz: {name}: {exc}") from None
+            seconds[name] = time.perf_counter() - t0
+    primary = next(iter(fits))
+    for name, f in fits.items():
+        if not f.converged:
+            hint = (
+                "; with weight_decay 0 separable classes have no finite optimum, "
+                f"set train.{ds.task}.weight_decay > 0"
+                if wd == 0
+                else ""
+            )
+            raise ConfigError(
+                f"params.yaml: reference.max_iter={rc.max_iter} is too few: "
+                f"{name} did not converge to reference.tol={rc.tol:g} on "
+                f"{args.dataset}; raise reference.max_iter{hint}"
+            )
+    refs = {}
+    for name, f in fits.items():
+        train_loss, train_objective = reference.objective(X, y, f.weight, f.bias, cfg.loss, wd)
+        refs[name] = {
+            **extra.get(name, {}),
+            "weight": f.weight,
+            "bias": f.bias,
+            "train_loss": train_loss,
+            "train_objective": train_objective,
+            "test": reference.split_metrics(ds.task, X_test, y_test, f.weight, f.bias),
+            "rel_l2_to_primary": reference.relative_l2(f.weight, fits[primary].weight),
+        }
+        if f.n_iter is not None:
+            refs[name]["n_iter"] = f.n_iter
+    doc = ReferenceDoc(
+        dataset=args.dataset,
+        task=ds.task,
+        loss=cfg.loss,
+        weight_decay=wd,
+        n_train=n,
+        n_test=int(X_test.shape[0]),
+        primary=primary,
+        references=refs,
+    )
+    write_json(out, doc.to_json())
+    for name in fits:
+        scores = ", ".join(f"{k}={v:.5g}" for k, v in refs[name]["test"].items())
+        log.info(
+            "reference %s: %s fitted in %.4f s; test %s", args.dataset, name, seconds[name], scores
+        )
+
+    # The references get their own MLflow run in the dataset's experiment, with the
+    # same test metric names as training runs so the UI compares them side by side.
+    run_params = {
+        "dataset": args.dataset,
+        "task": ds.task,
+        "weight_decay": wd,
+        "n_train": n,
+        "primary": primary,
+        "reference": rc.model_dump(),
+        **{f"{name}.{k}": v for name, e in extra.items() for k, v in e.items()},
+    }
+    tags = {
+        "linflow.dataset": args.dataset,
+        tracking.KIND_TAG: "reference",
+        "linflow.data_md5": file_md5(data / "train.npz"),
+        "sklearn.version": tracking.version("scikit-learn"),
+    }
+    with tracking.TrainingRun(args.dataset, f"{args.dataset}-reference", run_params, tags) as run:
+        run.log_metrics(
+            {
+                **{f"fit_seconds.{name}": s for name, s in seconds.items()},
+                **{f"test_{k}": v for k, v in refs[primary]["test"].items()},
+                "train_objective": refs[primary]["train_objective"],
+            }
+        )
+        run.log_artifacts([out])

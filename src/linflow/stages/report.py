@@ -1,0 +1,101 @@
+"""report: ``reports/summary.md`` over all datasets, and the numeric platform.
+
+Reads each dataset's ``reports/<ds>/compare.json`` (our test metrics beside the
+reference's, and every checked gap); writes the summary as two markdown tables
+and, with ``--platform``, ``reports/platform.json``: the CPU kernels, library
+versions and thread counts these results were made with (verify/platform.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("linflow")
+
+_HEAD = [
+    "# linflow summary",
+    "",
+    "Test-split metrics per dataset, ours against the reference fitted on the same "
+    "train split (written by `linflow report`; do not edit).",
+    "",
+    "| dataset | task | model | params | n_test | reference | metric | ours | reference | delta |",
+    "| --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |",
+]
+_GAPS_HEAD = [
+    "",
+    "## Gaps to the reference",
+    "",
+    "Checked against params.yaml `compare:` (compare fails the pipeline on a miss, "
+    "so a written summary means every checked gap passed; `n/a` = reported only).",
+    "",
+    "| dataset | gap | value | bound | tolerance | result |",
+    "| --- | --- | ---: | --- | ---: | --- |",
+]
+_KEYS = {"regression": ("rmse", "r2", "mae"), "classification": ("accuracy", "cross_entropy")}
+_MODELS = {"regression": "LinearRegression", "classification": "SoftmaxRegression"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("datasets", nargs="+", help="datasets to summarise, in table order")
+    p.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    p.add_argument("--out", help="summary markdown (default: <reports>/summary.md)")
+    p.add_argument("--platform", help="where to record the numeric platform (json)")
+
+
+def _fmt_value(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
+
+
+def _metric_rows(name: str, c) -> list[str]:
+    from linflow.core.artifacts import REFERENCE_NAMES
+
+    ref = REFERENCE_NAMES.get(c.reference, c.reference)
+    rows = []
+    for i, key in enumerate(_KEYS[c.task]):
+        head = (
+            f"| {name} | {c.task} | {_MODELS[c.task]} | {c.n_params} | {c.n_test} | {ref} |"
+            if i == 0
+            else "| | | | | | |"
+        )
+        ours, theirs = c.ours[key], c.result["test"]["reference"][key]
+        delta = c.result["test"]["delta"][key]
+        shown = f"{delta:+.4f}" if abs(delta) >= 5e-5 or delta == 0 else f"{delta:+.1e}"
+        rows.append(f"{head} {key} | {ours:.4f} | {theirs:.4f} | {shown} |")
+    return rows
+
+
+def _gap_rows(name: str, c) -> list[str]:
+    rows = []
+    for j, (gap, check) in enumerate(c.checks.items()):
+        result = {True: "pass", False: "FAIL", None: "reported"}[check["passed"]]
+        bound = "<=" if check["bound"] == "max" else ">="
+        rows.append(
+            f"| {name if j == 0 else ''} | {gap} | {_fmt_value(check['value'])} | {bound} "
+            f"| {_fmt_value(check['tolerance'])} | {result} |"
+        )
+    return rows
+
+
+def run(args, params) -> None:
+    from linflow.core.artifacts import CompareDoc
+    from linflow.core.storage import read_json, write_json, write_text
+
+    reports = Path(args.reports)
+    out = args.out or str(reports / "summary.md")
+    lines, gaps = list(_HEAD), list(_GAPS_HEAD)
+    for name in args.datasets:
+        path = reports / name / "compare.json"
+        c = CompareDoc.from_json(read_json(path), str(path))
+        lines += _metric_rows(name, c)
+        gaps += _gap_rows(name, c)
+    write_text(out, "\n".join(lines + gaps) + "\n")
+    log.info("report: %d datasets -> %s", len(args.datasets), out)
+    if args.platform:
+        from linflow.verify.platform import describe, fingerprint
+
+        fp = fingerprint({"train": params.train.threads, "reference": params.reference.threads})
+        write_json(args.platform, fp)
+        log.info("report: numeric platform %s -> %s", describe(fp), args.platform)

@@ -1,0 +1,213 @@
+"""train@<ds>: minibatch SGD on the prepared train split, one MLflow run per training.
+
+Reads ``data/prepared/<ds>/`` (train, val) and params ``train.<task>`` with the
+dataset's overrides (``datasets.<ds>.train``), ``train.threads``, ``train.device``.
+Writes ``models/<ds>/`` (safetensors weights, the model card, the parameter
+trajectory) and ``reports/<ds>/history.csv`` + ``loss_curve.png``. The maths is
+:mod:`linflow.training` (with :mod:`linflow.scratch` and :mod:`linflow.models`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("linflow")
+
+TRAJECTORY_POINTS = 1000  # at most ~this many parameter snapshots per training
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dataset", help="a name under datasets: in params.yaml")
+    p.add_argument("--data", help="prepared split folder (default: data/prepared/<dataset>)")
+    p.add_argument("--model", help="model folder to write (default: models/<dataset>)")
+    p.add_argument("--reports", help="the dataset's reports folder (default: reports/<dataset>)")
+
+
+def _check_batch_size(cfg, task: str, n: int, dataset: str) -> None:
+    from linflow.core.errors import ConfigError
+
+    if cfg.batch_size != "full" and cfg.batch_size > n:
+        raise ConfigError(
+            f"params.yaml: train.{task}.batch_size must be <= the train split size "
+            f"({n} rows of {dataset}) or 'full', got {cfg.batch_size}"
+        )
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from linflow.core.errors import ConfigError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "params.yaml: train.device must be 'cpu' on this machine (no CUDA GPU available), "
+            "got 'cuda'"
+        )
+
+
+def _lr_bound(X, cfg, task: str, dataset: str, derived: dict) -> float | None:
+    """The full-batch stable step bound (squared loss), logged, and a warning above it."""
+    from linflow.training import bound_name, lr_stability_bound
+
+    if task != "regression" or cfg.loss != "mse":
+        return None
+    lam, bound = lr_stability_bound(X, cfg.weight_decay, cfg.momentum)
+    derived.update(lambda_max=lam, lr_bound=bound)
+    name = bound_name(cfg.momentum)
+    log.info("train %s: lambda_max = %.4g, stable lr bound %s = %.4g", dataset, lam, name, bound)
+    if cfg.lr > bound:
+        log.warning(
+            "train %s: lr=%g exceeds the full-batch stable step bound %s = %.4g; "
+            "training may diverge",
+            dataset,
+            cfg.lr,
+            name,
+            bound,
+        )
+    return bound
+
+
+def run(args, params) -> None:
+    from linflow.core.artifacts import check_task, load_split
+
+    ds = params.dataset(args.dataset)
+    cfg = params.train_config(args.dataset)
+    data = Path(args.data or f"data/prepared/{args.dataset}")
+    model_dir = Path(args.model or f"models/{args.dataset}")
+    reports = Path(args.reports or f"reports/{args.dataset}")
+    X, y, meta = load_split(data, "train")
+    X_val, y_val, _ = load_split(data, "val")
+    check_task(data, str(meta["task"]), args.dataset, ds.task)
+    _check_batch_size(cfg, ds.task, X.shape[0], args.dataset)
+    _check_device(params.train.device)
+
+    import torch
+
+    from linflow.core import plots, tracking
+    from linflow.core.artifacts import ModelCard
+    from linflow.core.storage import file_md5, save_npz, save_weights, write_csv, write_json
+    from linflow.training import fit, make_engine
+
+    torch.set_num_threads(params.train.threads)
+    class_names = [str(c) for c in meta["class_names"]]
+    n, d = X.shape
+    k = len(class_names) if ds.task == "classification" else 1
+    derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
+    lr_bound = _lr_bound(X, cfg, ds.task, args.dataset, derived)
+    derived["n_params"] = k * d + k
+
+    target = np.int64 if ds.task == "classification" else np.float32
+    Xt, Xv = torch.from_numpy(X), torch.from_numpy(X_val)
+    yt, yv = torch.from_numpy(y.astype(target)), torch.from_numpy(y_val.astype(target))
+    engine = make_engine(cfg.impl, ds.task, d, len(class_names), cfg)
+
+    weights_path = model_dir / "model.safetensors"
+    run_params = {
+        "dataset": args.dataset,
+        "task": ds.task,
+        "seed": params.seed,
+        "data": ds.model_dump(),
+        "split": params.split.model_dump(),
+        "train": {
+            "threads": params.train.threads,
+            "device": params.train.device,
+            **cfg.model_dump(),
+        },
+        "derived": derived,
+    }
+    exp = os.environ.get("DVC_EXP_NAME")
+    run_name = f"{args.dataset}-{cfg.impl}" + (f"-{exp}" if exp else "")
+    tags = {
+        "linflow.dataset": args.dataset,
+        tracking.KIND_TAG: "training",
+        "linflow.data_md5": file_md5(data / "train.npz"),
+        "linflow.threads": str(params.train.threads),
+        "linflow.device": params.train.device,
+        "linflow.version": tracking.version("linflow"),
+        "torch.version": torch.__version__,
+        "sklearn.version": tracking.version("scikit-learn"),
+        "mlflow.version": tracking.version("mlflow"),
+    }
+    with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
+        t0 = time.perf_counter()
+        result = fit(
+            engine, Xt, yt, Xv, yv, cfg,
+            on_epoch=run.log_epoch,
+            lr_bound=lr_bound,
+            record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        metric = next(m for m in result.history[0] if m.startswith("val_") and m != "val_loss")
+        last = result.history[-1]
+        per_epoch = float(np.median(result.seconds_per_epoch))
+        log.info(
+            "train %s: %d epochs in %.2f s (%.4f s/epoch median), best epoch %d, "
+            "train_loss %.5g, val_loss %.5g, %s %.5g",
+            args.dataset, result.epochs_run, seconds, per_epoch, result.best_epoch,
+            last["train_loss"], last["val_loss"], metric, last[metric],
+        )  # fmt: skip
+        card = ModelCard(
+            dataset=args.dataset,
+            task=ds.task,
+            impl=cfg.impl,
+            loss=cfg.loss,
+            n_features=d,
+            n_outputs=k,
+            n_params=k * d + k,
+            feature_names=[str(f) for f in meta["feature_names"]],
+            class_names=class_names,
+            weights={
+                "file": weights_path.name,
+                "format": "safetensors",
+                "layout": ModelCard.WEIGHTS_LAYOUT,
+            },
+            train=cfg.model_dump(),
+            epochs_run=result.epochs_run,
+            best_epoch=result.best_epoch,
+            stopped_early=result.stopped_early,
+            lr_bound=lr_bound,
+        )
+        save_weights(
+            weights_path,
+            {"weight": result.weight, "bias": result.bias},
+            {"task": ds.task, "n_features": str(d), "n_outputs": str(k)},
+        )
+        write_json(model_dir / "model.json", card.to_json())
+        # Parameters along training (epoch 0 = initial): compare plots how SGD
+        # approaches the reference. Kept with the model (DVC cache), not in git.
+        save_npz(
+            model_dir / "trajectory.npz",
+            epoch=result.trajectory_epoch,
+            weight=result.trajectory_weight,
+            bias=result.trajectory_bias,
+        )
+        header = list(result.history[0])
+        write_csv(reports / "history.csv", header, [[r[h] for h in header] for r in result.history])
+        plots.loss_curve(
+            result.history, reports / "loss_curve.png", f"{args.dataset}: {cfg.impl} {cfg.loss}"
+        )
+        run.log_metrics(
+            {
+                "train_seconds": seconds,
+                "seconds_per_epoch": per_epoch,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+            }
+        )
+        run.log_artifacts([reports / "history.csv", reports / "loss_curve.png"])
+        run.log_artifacts([weights_path, model_dir / "model.json"], "model")
+        weights_md5 = file_md5(weights_path)
+        run.set_tags({tracking.WEIGHTS_TAG: weights_md5})
+        donor = run.adopt_results(weights_md5)
+        if donor:
+            log.info(
+                "train %s: same weights as MLflow run %s; its test and compare results "
+                "are copied (DVC skips evaluate when the weights did not change)",
+                args.dataset,
+                donor,
+            )
