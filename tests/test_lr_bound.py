@@ -40,12 +40,13 @@ def test_full_batch_descent_is_stable_just_below_the_bound_and_not_above(wd):
     _, bound = lr_stability_bound(X.numpy(), wd)
     below = train(0.98 * bound, X, y, wd)
     assert below.history[-1]["train_loss"] < below.history[0]["train_loss"]
-    above = train(1.05 * bound, X, y, wd, epochs=60)
-    # the top Hessian direction grows by |1 - lr lambda_max| = 1.1 per step
-    assert above.history[-1]["train_loss"] > 10 * above.history[5]["train_loss"]
+    # Above it the top Hessian direction grows by |1 - lr lambda_max| = 1.1 per step,
+    # until the loss is 10x its value before training: a divergence, not a bad model.
+    with pytest.raises(DivergenceError, match=r"val loss grew to .* over 10x its .* before"):
+        train(1.05 * bound, X, y, wd, epochs=60)
 
 
-@pytest.mark.parametrize("lr", [1e3, 50.0])
+@pytest.mark.parametrize("lr", [1e200, 1e180])  # float64 overflows within the first epoch
 def test_divergence_error_names_the_non_finite_loss(lr):
     X, y = data()
     with pytest.raises(DivergenceError, match=r"(loss|val loss) became (inf|nan) at epoch \d+"):

@@ -70,3 +70,26 @@ def test_lr_bound_matches_hessian_of_mean_squared_loss():
     Xa = np.hstack([X, np.ones((4, 1))])
     assert lam == pytest.approx(np.linalg.eigvalsh(2 / 4 * Xa.T @ Xa).max())
     assert bound == pytest.approx(2 / lam)
+
+
+@pytest.mark.parametrize("impl", ["torch", "scratch"])
+def test_softmax_at_a_huge_lr_is_a_divergence_not_a_silent_bad_model(impl):
+    """digits at lr 1000 once trained to loss ~1000 and accuracy 0.39 without a word."""
+    from sklearn.datasets import load_digits
+
+    from linflow.core.config import ClassificationTrain
+    from linflow.core.errors import DivergenceError
+
+    X, y = load_digits(return_X_y=True)
+    X = ((X - X.mean(0)) / np.maximum(X.std(0), 1e-9)).astype(np.float32)
+    Xt, yt = torch.from_numpy(X[:1200]), torch.from_numpy(y[:1200].astype(np.int64))
+    Xv, yv = torch.from_numpy(X[1200:]), torch.from_numpy(y[1200:].astype(np.int64))
+    cfg = ClassificationTrain(lr=1000.0, batch_size=64, epochs=5)
+    engine = make_engine(impl, "classification", 64, 10, cfg)
+    with pytest.raises(
+        DivergenceError,
+        match=r"^training diverged: val loss grew to .* at epoch 1, over 10x its 2\.\d+ before training, with lr=1000\.0; lower lr$",
+    ):
+        fit(engine, Xt, yt, Xv, yv, cfg)
+    ok = ClassificationTrain(lr=0.3, batch_size=64, epochs=5)  # the default lr trains fine
+    fit(make_engine(impl, "classification", 64, 10, ok), Xt, yt, Xv, yv, ok)

@@ -55,6 +55,7 @@ class TrainResult:
 
 
 _LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "cross_entropy": F.cross_entropy}
+BLOWUP = 10.0  # a validation loss this many times its value before training = diverged
 
 
 class TorchEngine:
@@ -188,7 +189,8 @@ def fit(
     cfg.batch_size 'full' (or >= n) takes one full-batch gradient step per epoch.
     With `record_every` = r > 0 the parameters after every r-th epoch (and the
     initial and last ones) are kept in the result.
-    Raises DivergenceError on a non-finite loss.
+    Raises DivergenceError on a non-finite loss, or a validation loss BLOWUP times
+    its value before training.
     """
     n = X.shape[0]
     bs = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
@@ -199,6 +201,10 @@ def fit(
     best = (math.inf, 0, engine.get_params())
     trajectory = [(0, *engine.get_params())] if record_every else []
     stopped_early = False
+    # A finite loss can still have blown up (softmax at lr 1000: loss ~1000, accuracy
+    # 0.39): SGD that leaves the model BLOWUP times worse than its initialisation
+    # has diverged.
+    initial_loss = _val_scores(engine, X_val, y_val, cfg.loss)[0]
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         engine.set_lr(lr_at(cfg, epoch))
@@ -220,12 +226,12 @@ def fit(
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
         seconds.append(time.perf_counter() - t0)
+        hint = (
+            f"; the full-batch stable step bound is {bound_name(cfg.momentum)} = {lr_bound:.4g}"
+            if lr_bound is not None
+            else ""
+        )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            hint = (
-                f"; the full-batch stable step bound is {bound_name(cfg.momentum)} = {lr_bound:.4g}"
-                if lr_bound is not None
-                else ""
-            )
             # Name the loss that is non-finite: the train loss is the epoch's running
             # mean before the last step, so the validation loss can blow up first.
             which, bad = (
@@ -234,6 +240,12 @@ def fit(
             raise DivergenceError(
                 f"training diverged: {which} became {bad} at epoch {epoch} with "
                 f"lr={cfg.lr}{hint}; lower lr"
+            )
+        if val_loss > BLOWUP * initial_loss:
+            raise DivergenceError(
+                f"training diverged: val loss grew to {val_loss:.4g} at epoch {epoch}, over "
+                f"{BLOWUP:g}x its {initial_loss:.4g} before training, with lr={cfg.lr}{hint}; "
+                "lower lr"
             )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, metric: val_metric}
         history.append(row)
