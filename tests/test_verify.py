@@ -376,3 +376,21 @@ def test_a_dvc_cached_metric_needs_its_committed_version(cfg):
     assert _rows(cfg, *md5, both, current, outputs=[cached])[cached.path].status == (
         "within tolerance"
     )
+
+
+def test_a_committed_gap_over_tolerance_fails_verify_naming_it():
+    from linflow.verify.check import gate_rows
+
+    out = Output("reports/line/compare.json", "compare@line", cached=False, metric=False)
+    over = {
+        "passed": False,
+        "checks": {
+            "weight_rel_l2": {"value": 0.133, "tolerance": 0.001, "bound": "max", "passed": False},
+            "test_r2_delta": {"value": 0.001, "tolerance": 0.005, "bound": "max", "passed": True},
+        },
+    }
+    (row,) = gate_rows([out], {out.path: _bytes(over)})
+    assert (row.status, row.failed) == ("over tolerance", True)
+    assert row.detail == "gap over params.yaml compare: weight_rel_l2 0.133 > 0.001"
+    assert gate_rows([out], {out.path: _bytes({**over, "passed": True})}) == []
+    assert gate_rows([RAW], {RAW.path: b"\x00"}) == []  # only compare.json is read

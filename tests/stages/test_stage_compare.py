@@ -13,7 +13,7 @@ import re
 import pytest
 
 from linflow.cli import main
-from linflow.core.errors import DataError, TaskMismatchError, ToleranceError
+from linflow.core.errors import DataError, TaskMismatchError
 from linflow.core.storage import file_md5, read_json
 
 OUTPUTS = [
@@ -90,36 +90,36 @@ def test_digits_holds_predictions_to_the_reference_and_reports_the_weights(digit
     assert set(doc["test"]["ours"]) == {"accuracy", "cross_entropy"}
 
 
-def test_compare_over_tolerance_fails_with_one_line_and_writes_nothing(
-    line_run, tmp_path, capsys, params_file
+def test_a_gap_over_tolerance_is_shown_in_one_line_and_the_stage_completes(
+    line_run, tmp_path, caplog, params_file
 ):
+    """Exploring is never failed: the gap is written and said; make verify is the gate."""
     reports = tmp_path / "reports"
-    reports.mkdir()
-    (reports / "compare.json").write_text("previous\n")
     tight = params_file(tmp_path / "params.yaml", {"compare.regression.weight_rel_l2": 1e-12})
     argv = ["--params", tight, "compare", "line", "--data", line_run.data, "--model",
             line_run.model, "--reference", line_run.reference, "--reports", reports]  # fmt: skip
-    assert main([str(a) for a in argv]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert err[0].startswith("linflow compare: error: line is further from the reference")
-    assert "exceeds compare.regression.weight_rel_l2 = 1e-12" in err[0]
-    assert "try more epochs, a smaller lr or full batch" in err[0]
-    assert (reports / "compare.json").read_text() == "previous\n"  # untouched
-    assert sorted(p.name for p in reports.iterdir()) == ["compare.json"]
+    with caplog.at_level("WARNING", logger="linflow"):
+        assert main([str(a) for a in argv]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "\n" not in warning
+    assert "line is further from the reference than allowed" in warning
+    assert "exceeds compare.regression.weight_rel_l2 = 1e-12" in warning
+    assert "try more epochs, a smaller lr or full batch" in warning
+    assert warning.endswith("make verify and CI fail on this")
+    doc = read_json(reports / "compare.json")
+    assert doc["passed"] is False and doc["checks"]["weight_rel_l2"]["passed"] is False
+    assert read_json(reports / "gaps.json")["line"]["weight_rel_l2"] == doc["weight_rel_l2"]
 
 
-def test_a_miss_is_a_tolerance_error_logged_to_the_training_run(
+def test_a_miss_is_tagged_on_the_training_run_and_a_pass_marks_it_again(
     line_run, tmp_path, make_params, run_stage, mlflow_client
 ):
     tight = make_params({"compare.regression.test_r2_delta": 0.0})
     reports = tmp_path / "reports"
-    with pytest.raises(ToleranceError, match=r"^line is further from the reference") as info:
-        compare(run_stage, line_run, reports, params=tight)
-    assert "\n" not in str(info.value) and "test_r2_delta" in str(info.value)
-    assert not reports.exists()
+    compare(run_stage, line_run, reports, params=tight)
+    assert read_json(reports / "compare.json")["passed"] is False
     run = training_run(mlflow_client, "line", line_run.model)
-    assert run.data.tags["linflow.compare"] == "fail"  # the run shows why it failed
+    assert run.data.tags["linflow.compare"] == "fail"  # the run shows it missed
     assert "ref_test_r2_delta" in run.data.metrics
     compare(run_stage, line_run, tmp_path / "again")  # a pass marks it again
     assert (

@@ -4,8 +4,10 @@ Reads ``models/<ds>/``, ``reports/<ds>/reference.json``, the train and test
 splits and params ``compare.<task>``; writes ``reports/<ds>/gaps.json`` (DVC
 metrics: the gated gaps), ``compare.json`` (every diagnostic), ``distance.csv``
 and two figures, and logs the gaps to the training run. A gap over its
-tolerance fails the stage and writes nothing (outputs are ``persist``: the
-previous ones stay). The maths is :mod:`linflow.reference`.
+tolerance is written (``passed: false``) and said on the console, and the stage
+completes: a learner's ``dvc exp run -S ...`` is never failed for not converging.
+The gate is ``linflow verify`` (make verify, CI) and the tests, which fail on a
+committed result over its tolerance. The maths is :mod:`linflow.reference`.
 """
 
 from __future__ import annotations
@@ -130,11 +132,7 @@ def run(args, params) -> None:
     mlflow_metrics |= {f"ref_test_{k}": v for k, v in result["test"]["reference"].items()}
     mlflow_metrics["ref_train_loss_gap"] = result["train_loss"]["gap"]
     if failure:
-        # Log the gaps first: the MLflow run shows why its comparison failed.
-        tracking.log_to_training_run(
-            args.dataset, weights_md5, metrics=mlflow_metrics, tags={"linflow.compare": "fail"}
-        )
-        raise reference.ToleranceError(failure)
+        log.warning("compare %s: %s; make verify and CI fail on this", args.dataset, failure)
 
     fit_png = _figures(
         args.dataset, ds.task, card, ref, model_dir, reports, ours, theirs, train, test,
@@ -149,6 +147,7 @@ def run(args, params) -> None:
         n_params=card.n_params,
         result=result,
         checks=checks,
+        passed=failure is None,
     )
     out = reports / "compare.json"
     write_json(out, doc.to_json())
@@ -159,5 +158,5 @@ def run(args, params) -> None:
         weights_md5,
         metrics=mlflow_metrics,
         artifacts=[out, reports / "distance_to_reference.png", fit_png],
-        tags={"linflow.compare": "pass"},
+        tags={"linflow.compare": "fail" if failure else "pass"},
     )

@@ -26,8 +26,8 @@ _GAPS_HEAD = [
     "",
     "## Gaps to the reference",
     "",
-    "Checked against params.yaml `compare:` (compare fails the pipeline on a miss, "
-    "so a written summary means every checked gap passed; `n/a` = reported only).",
+    "Checked against params.yaml `compare:`. A FAIL fails `make verify` and CI; a "
+    "`dvc exp run` completes and shows it here (`n/a` = reported only).",
     "",
     "| dataset | gap | value | bound | tolerance | result |",
     "| --- | --- | ---: | --- | ---: | --- |",

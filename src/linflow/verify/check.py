@@ -23,8 +23,10 @@ The committed dvc.lock must also be *current*: a stage whose ``cmd``, deps
 and the one the re-run wrote, a stage absent from the committed lock, or an
 entry for a stage dvc.yaml no longer has, is ``stale lock`` -- exactly what
 ``dvc status`` on a clean clone would list and ``dvc repro`` would re-run.
-A stage that a second, unforced ``dvc repro`` runs again is ``re-ran``.
-Each of these fails the check.
+A stage that a second, unforced ``dvc repro`` runs again is ``re-ran``, and a
+``compare.json`` the re-run wrote with a gap over its tolerance is ``over
+tolerance``: the compare stage itself never fails a learner's experiment, the
+gate is here. Each of these fails the check.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "compare_metrics",
     "compare_outputs",
     "rerun_rows",
+    "gate_rows",
 ]
 
 # Stages whose outputs are data: they must be bit-identical everywhere.
@@ -67,6 +70,7 @@ MISSING = "missing"
 STALE = "stale lock"
 RERAN = "re-ran"
 NOT_UP_TO_DATE = "not up to date"
+OVER_TOLERANCE = "over tolerance"
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,31 @@ def stale_rows(
     if declared is not None:
         for stage in sorted(set(old) - set(declared)):
             rows.append(Row("dvc.lock", stage, STALE, "stage is no longer in dvc.yaml", True))
+    return rows
+
+
+def gate_rows(outputs: Iterable[Output], current: Mapping[str, bytes | None]) -> list[Row]:
+    """A compare.json the re-run wrote with a gap over its tolerance (``passed: false``).
+
+    The compare stage completes either way (exploring is never failed); this is where
+    the committed pipeline is held to params.yaml ``compare:``.
+    """
+    rows = []
+    for out in outputs:
+        data = current.get(out.path)
+        if not out.path.endswith("compare.json") or data is None:
+            continue
+        doc = _parse(out.path, data)
+        if not isinstance(doc, Mapping) or doc.get("passed") is not False:
+            continue
+        failed = [
+            f"{name} {_num(c.get('value'))} {'<' if c.get('bound') == 'min' else '>'} "
+            f"{_num(c.get('tolerance'))}"
+            for name, c in (doc.get("checks") or {}).items()
+            if isinstance(c, Mapping) and c.get("passed") is False
+        ]
+        detail = "gap over params.yaml compare: " + "; ".join(failed)
+        rows.append(Row(out.path, out.stage, OVER_TOLERANCE, detail, True))
     return rows
 
 

@@ -97,7 +97,8 @@ def run_verify(root: Path, cfg, targets: list[str], threads: dict[str, int]) -> 
     return verify.Report(
         outputs=rows,
         problems=verify.stale_rows(old, new, ran, declared, changed)
-        + verify.rerun_rows(again, status),
+        + verify.rerun_rows(again, status)
+        + verify.gate_rows(checked, current),
         committed_platform=committed_platform,
         platform=here,
     )
