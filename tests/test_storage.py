@@ -91,3 +91,25 @@ def test_weights_bytes_are_stable_across_processes(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
         outs.append(path.read_bytes())
     assert len(set(outs)) == 1
+
+
+def test_an_npz_header_claiming_1e11_rows_is_one_line_not_a_memory_error(tmp_path):
+    import io
+    import zipfile
+
+    from linflow.core.errors import DataError
+    from linflow.core.storage import load_npz
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        member, {"descr": "|u1", "fortran_order": False, "shape": (10**11, 784)}
+    )
+    member.write(bytes(784 * 3))  # three rows' worth of data behind a 1e11-row header
+    path = tmp_path / "train.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("X.npy", member.getvalue())
+    with pytest.raises(DataError) as info:
+        load_npz(path, required=("X",))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: array 'X' claims shape (100000000000, 784)")
+    assert msg.endswith("but the file holds 2352 (corrupt header)")

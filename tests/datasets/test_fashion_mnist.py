@@ -107,6 +107,20 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(500)
         elif mode == "slow":
             time.sleep(1.0)  # longer than the client's timeout; the client has gone by then
+        elif mode in ("endless", "liar"):
+            self.send_response(200)
+            if mode == "liar":  # announces a body far larger than the file can be
+                self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            srv.sent = 0
+            chunk = b"\x1f" * (1 << 16)
+            try:  # bounded: a client that keeps reading stops the test at 64 MiB
+                while srv.sent < (64 << 20):
+                    self.wfile.write(chunk)
+                    srv.sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
         else:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -409,3 +423,60 @@ def test_real_data_from_debian_package(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.bincount(data.y), np.full(10, 7000))
     np.testing.assert_array_equal(np.bincount(data.y[data.is_test]), np.full(10, 1000))
     assert seconds < 10, f"loading took {seconds:.1f} s"
+
+
+# --- bounded inputs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["endless", "liar"])
+def test_a_mirror_that_never_stops_sending_is_cut_at_the_file_size(
+    tmp_path, mirror, contents, mode
+):
+    mirror.serve(contents)
+    name = f"/{fm.FILES['train_labels'].name}.gz"
+    mirror.faults[name] = [mode] * 4
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"more than the \d+ bytes this file can have") as info:
+        fetch(tmp_path, mirror)
+    assert time.monotonic() - t0 < 20 and "\n" not in str(info.value)
+    cap = fm.gz_cap(fm.FILES["train_labels"])
+    assert getattr(mirror, "sent", 0) < cap + (8 << 20)  # stopped reading near the cap
+    assert mirror.requests.count(name) == 1  # refused, not retried
+    # nothing of it written (the images file before it was verified and is kept)
+    assert not [f for f in leftovers(tmp_path) if "labels" in f or f.endswith(".tmp")]
+
+
+def test_a_gzip_bomb_in_the_cache_is_refused_with_bounded_memory(tmp_path, contents):
+    """1 GiB of zeros in ~1 MB of gzip where the labels file should be."""
+    import subprocess
+    import sys
+    import zlib
+
+    bomb = raw_dir(tmp_path) / f"{fm.FILES['train_labels'].name}.gz"
+    bomb.parent.mkdir(parents=True)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    with open(bomb, "wb") as fh:
+        for _ in range(1024):
+            fh.write(deflate.compress(zeros))
+        fh.write(deflate.flush())
+    assert bomb.stat().st_size < 2 << 20
+    spec = fm.FILES["train_labels"]
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from linflow.datasets import fashion_mnist as fm\n"
+        "from linflow.core.errors import DataError\n"
+        f"spec = fm.IdxFile({spec.name!r}, {spec.size}, {spec.sha256!r}, {spec.md5_gz!r})\n"
+        "try:\n"
+        f"    fm.read_verified(Path({str(bomb)!r}), 'train_labels', spec, gz=True)\n"
+        "except DataError as exc:\n"
+        "    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    message, peak_mb = res.stdout.strip().splitlines()
+    assert (
+        f"decompresses to more than the {spec.size} bytes of {spec.name} (a gzip bomb?)" in message
+    )
+    assert int(peak_mb) < 200, peak_mb  # it was 2.1 GB: the whole bomb inflated in memory

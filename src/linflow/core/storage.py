@@ -144,14 +144,39 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def _check_npz_headers(path: Path) -> None:
+    """Refuse an npz whose array headers claim more data than the file holds (a
+    corrupt header claiming 1e11 rows would otherwise allocate hundreds of GiB)."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(fh)
+                claimed = math.prod(shape) * dtype.itemsize
+                holds = info.file_size - fh.tell()
+                if claimed > holds:
+                    raise DataError(
+                        f"{path}: array {info.filename.removesuffix('.npy')!r} claims shape "
+                        f"{shape} ({claimed} bytes) but the file holds {holds} (corrupt header)"
+                    )
+
+
 def load_npz(path: str | Path, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Load every array of an npz (no pickle); check the `required` names exist."""
     path = Path(path)
     try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (run the stage that writes it)") from None
+    except DataError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable npz file ({exc})") from None
     missing = [k for k in required if k not in arrays]

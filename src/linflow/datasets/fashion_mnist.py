@@ -11,7 +11,6 @@ the published ``.gz`` MD5 and land at their final path only once verified.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import logging
@@ -160,8 +159,15 @@ def find_or_fetch(
                 attempts=attempts,
                 base_delay=base_delay,
                 timeout=timeout,
+                max_bytes=gz_cap(spec),
             )
     return arrays
+
+
+def gz_cap(spec: IdxFile) -> int:
+    """The most bytes a .gz of `spec` can take: deflate's worst case (stored blocks,
+    5 bytes per 16 KiB) plus gzip's header and trailer, with slack for a file name."""
+    return spec.size + 5 * (spec.size // 16384 + 1) + 1024
 
 
 def _not_found(spec: IdxFile, cache: Path, debian_dir: Path, rejected: list[str]) -> str:
@@ -180,12 +186,7 @@ def read_verified(
 ) -> np.ndarray:
     """Read `path` (gzip'd if `gz`), check size and SHA-256 against `spec`, parse it."""
     label = label or str(path)
-    data = path.read_bytes()
-    if gz:
-        try:
-            data = gzip.decompress(data)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise DataError(f"{label}: not a valid gzip file ({exc})") from None
+    data = _read_capped(path, spec, gz, label)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != spec.size or digest != spec.sha256:
         raise DataError(
@@ -193,6 +194,43 @@ def read_verified(
             f"{spec.name} ({spec.size} bytes, sha256 {spec.sha256[:12]})"
         )
     return parse_idx(data, key.rsplit("_", 1)[1], label)
+
+
+def _read_capped(path: Path, spec: IdxFile, gz: bool, label: str) -> bytes:
+    """The (decompressed) bytes of `path`, never more than spec.size of them.
+
+    A gzip bomb (1 GiB of zeros in a 1 MB .gz) or an oversized file is refused as
+    soon as it passes the size the IDX file must have, with at most one chunk
+    beyond it in memory.
+    """
+    if not gz:
+        size = path.stat().st_size
+        if size != spec.size:
+            raise DataError(
+                f"{label}: contents ({size} bytes) do not match {spec.name} ({spec.size} bytes)"
+            )
+        return path.read_bytes()
+    inflate = zlib.decompressobj(wbits=31)  # gzip framing
+    out = bytearray()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                # max_length bounds each step, so a bomb never inflates past the cap
+                out += inflate.decompress(chunk, spec.size + 1 - len(out))
+                while inflate.unconsumed_tail and len(out) <= spec.size:
+                    out += inflate.decompress(inflate.unconsumed_tail, spec.size + 1 - len(out))
+                if len(out) > spec.size:
+                    raise DataError(
+                        f"{label}: decompresses to more than the {spec.size} bytes of "
+                        f"{spec.name} (a gzip bomb?); refused"
+                    )
+                if inflate.eof:
+                    break
+        if not inflate.eof:
+            raise DataError(f"{label}: not a valid gzip file (compressed data ends early)")
+    except zlib.error as exc:
+        raise DataError(f"{label}: not a valid gzip file ({exc})") from None
+    return bytes(out)
 
 
 def parse_idx(data: bytes, kind: str, label: str) -> np.ndarray:
@@ -233,8 +271,12 @@ def fetch_file(
     attempts: int = 4,
     base_delay: float = 1.0,
     timeout: float = 30.0,
+    max_bytes: int | None = None,
 ) -> T | None:
     """Download `url` to `dest` atomically; return `check(tmp)`'s result.
+
+    With `max_bytes`, a body longer than that (announced or streamed) is refused
+    at once: a mirror that never stops sending cannot fill the disk.
 
     The bytes stream into a temp file next to `dest`; it must match `md5`
     (and pass `check`, which raises DataError) before the rename, so `dest`
@@ -245,7 +287,7 @@ def fetch_file(
     with atomic_path(dest) as tmp:
         for attempt in range(1, attempts + 1):
             try:
-                got = _download_once(url, tmp, timeout)
+                got = _download_once(url, tmp, timeout, max_bytes)
                 break
             except _Retryable as exc:
                 if attempt == attempts:
@@ -261,15 +303,20 @@ def fetch_file(
     return result
 
 
-def _download_once(url: str, tmp: Path, timeout: float) -> str:
+def _download_once(url: str, tmp: Path, timeout: float, max_bytes: int | None = None) -> str:
     """Stream `url` into `tmp` (overwritten); return the MD5 of the bytes."""
     h = hashlib.md5()
+    limit = f"more than the {max_bytes} bytes this file can have"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = resp.length  # from Content-Length; None if the server sent none
+            if max_bytes is not None and total is not None and total > max_bytes:
+                raise DataError(f"{url}: the server announces {total} bytes, {limit}")
             done = 0
             progress = sys.stderr.isatty()
             while chunk := resp.read(1 << 20):
+                if max_bytes is not None and done + len(chunk) > max_bytes:
+                    raise DataError(f"{url}: the server sent {limit}; download refused")
                 out.write(chunk)
                 h.update(chunk)
                 done += len(chunk)
