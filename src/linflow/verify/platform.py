@@ -18,19 +18,12 @@ import platform as _platform
 from collections.abc import Mapping
 from typing import Any
 
+from linflow.core.tracking import version
+
 __all__ = ["fingerprint", "describe", "differences"]
 
 # numpy's dispatch levels (numpy >= 2.4 names), most capable first.
 _NUMPY_LEVELS = ("AVX512_SPR", "AVX512_ICL", "X86_V4", "X86_V3", "X86_V2", "ASIMD", "VSX")
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "absent"
 
 
 def _numpy_simd() -> str:
@@ -74,7 +67,7 @@ def fingerprint(threads: Mapping[str, int]) -> dict[str, Any]:
         "threads": dict(sorted(threads.items())),
         "versions": {
             "python": _platform.python_version(),
-            **{d: _version(d) for d in ("torch", "numpy", "scipy", "scikit-learn")},
+            **{d: version(d) for d in ("torch", "numpy", "scipy", "scikit-learn")},
         },
     }
 
