@@ -16,7 +16,7 @@ import torch
 
 from linflow import reference as R
 from linflow.core.config import ClassificationTrain, RegressionTrain
-from linflow.scratch import loss_and_grads
+from linflow.training.scratch import loss_and_grads
 from linflow.training import fit, make_engine
 
 # Converged far below scikit-learn's default tol, so gradients can be compared to ~1e-6.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from linflow.core.config import ClassificationTrain, RegressionTrain
-from linflow.scratch import ScratchEngine, forward, log_softmax, loss_and_grads, sgd_step
+from linflow.training.scratch import ScratchEngine, forward, log_softmax, loss_and_grads, sgd_step
 from linflow.training import TorchEngine, fit, make_engine
 
 CASES = [("regression", "mse"), ("regression", "mae"), ("classification", "cross_entropy")]

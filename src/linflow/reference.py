@@ -3,7 +3,7 @@
 Every reference minimises the model's own training objective on the same
 (standardised) train split, so "how far is SGD from the optimum" has an exact
 answer. With ``wd`` the weight decay (torch SGD style, on W only; see
-``linflow.scratch``) the objectives are::
+``linflow.training.scratch``) the objectives are::
 
     regression      J(W, b) = mean((X W^T + b - y)^2) + (wd / 2) ||W||^2
     classification  J(W, b) = mean(-log softmax(X W^T + b)_y) + (wd / 2) ||W||^2

@@ -182,7 +182,7 @@ def test_a_changed_lr_fails_naming_the_param_even_as_another_cpu(repo):
 
 
 def test_a_one_line_change_to_the_maths_fails_naming_the_file_even_as_another_cpu(repo):
-    src = repo / "src/linflow/training.py"
+    src = repo / "src/linflow/training/loop.py"
     text = src.read_text()
     assert '{"params": [lin.bias], "weight_decay": 0.0}' in text
     src.write_text(text.replace(
@@ -194,7 +194,7 @@ def test_a_one_line_change_to_the_maths_fails_naming_the_file_even_as_another_cp
     res = run(["linflow", "verify", "train@line"], repo, pipeline_env(**OTHER_CPU), check=False)
 
     assert res.returncode == 1
-    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("src/linflow/training.py")]
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("src/linflow/training/loop.py")]
     assert "train@line" in stale and "stale lock" in stale
 
 

@@ -4,7 +4,7 @@ Reads ``data/prepared/<ds>/`` (train, val) and params ``train.<task>`` with the
 dataset's overrides (``datasets.<ds>.train``), ``train.threads``, ``train.device``.
 Writes ``models/<ds>/`` (safetensors weights, the model card, the parameter
 trajectory) and ``reports/<ds>/history.csv`` + ``loss_curve.png``. The maths is
-:mod:`linflow.training` (with :mod:`linflow.scratch` and :mod:`linflow.models`).
+:mod:`linflow.training` (with :mod:`linflow.training.scratch` and :mod:`linflow.training.models`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Batches are slices of a seeded permutation (``torch.randperm`` +
 ``index_select``): no per-sample Dataset/DataLoader in the hot loop. The same
 loop drives two engines that must agree to ~1e-6 from the same batches:
 ``TorchEngine`` (nn.Linear + loss + torch.optim.SGD, autograd) and
-``linflow.scratch.ScratchEngine`` (hand-written gradients).
+``linflow.training.scratch.ScratchEngine`` (hand-written gradients).
 
 Pure: no files, no argv, no MLflow. Per-epoch progress goes to ``on_epoch``.
 """
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from linflow.core.errors import DivergenceError
-from linflow.models import build_model
-from linflow.scratch import ScratchEngine, log_softmax
+from linflow.training.models import build_model
+from linflow.training.scratch import ScratchEngine, log_softmax
 
 __all__ = [
     "DivergenceError",
