@@ -16,8 +16,8 @@ import torch
 
 from linflow import reference as R
 from linflow.core.config import ClassificationTrain, RegressionTrain
-from linflow.training.scratch import loss_and_grads
 from linflow.training import fit, make_engine
+from linflow.training.scratch import loss_and_grads
 
 # Converged far below scikit-learn's default tol, so gradients can be compared to ~1e-6.
 TIGHT = {"max_iter": 5000, "tol": 1e-8}

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from linflow.core.config import ClassificationTrain, RegressionTrain
-from linflow.training.scratch import ScratchEngine, forward, log_softmax, loss_and_grads, sgd_step
 from linflow.training import TorchEngine, fit, make_engine
+from linflow.training.scratch import ScratchEngine, forward, log_softmax, loss_and_grads, sgd_step
 
 CASES = [("regression", "mse"), ("regression", "mae"), ("classification", "cross_entropy")]
 N, D, K = 48, 5, 4

@@ -12,8 +12,8 @@ Pure: no files, no argv, no MLflow.
 
 from linflow.training.loop import (
     DivergenceError,
-    TrainResult,
     TorchEngine,
+    TrainResult,
     batch_starts,
     bound_name,
     fit,
