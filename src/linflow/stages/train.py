@@ -101,10 +101,16 @@ def run(args, params) -> None:
     lr_bound = _lr_bound(X, cfg, ds.task, args.dataset, derived)
     derived["n_params"] = k * d + k
 
+    device = params.train.device
+    if device == "cuda":
+        from linflow.training.cuda import deterministic
+
+        deterministic()
     target = np.int64 if ds.task == "classification" else np.float32
-    Xt, Xv = torch.from_numpy(X), torch.from_numpy(X_val)
-    yt, yv = torch.from_numpy(y.astype(target)), torch.from_numpy(y_val.astype(target))
-    engine = make_engine(cfg.impl, ds.task, d, len(class_names), cfg)
+    Xt, Xv = torch.from_numpy(X).to(device), torch.from_numpy(X_val).to(device)
+    yt = torch.from_numpy(y.astype(target)).to(device)
+    yv = torch.from_numpy(y_val.astype(target)).to(device)
+    engine = make_engine(cfg.impl, ds.task, d, len(class_names), cfg, device=device)
 
     weights_path = model_dir / "model.safetensors"
     run_params = {

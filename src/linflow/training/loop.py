@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from linflow.core.errors import DivergenceError
+from linflow.training.cuda import EpochGraph, graph_capturable
 from linflow.training.models import build_model
 from linflow.training.scratch import ScratchEngine, log_softmax
 
@@ -109,9 +110,12 @@ class TorchEngine:
         self.model.linear.bias.copy_(b)
 
 
-def make_engine(impl: str, task: str, n_features: int, n_classes: int, cfg, dtype=torch.float32):
-    """The engine for `impl`, with parameters initialised from cfg.seed."""
-    model = build_model(task, n_features, n_classes, cfg.seed, dtype)
+def make_engine(
+    impl: str, task: str, n_features: int, n_classes: int, cfg, dtype=torch.float32, device="cpu"
+):
+    """The engine for `impl`, with parameters initialised from cfg.seed on the CPU
+    (the same numbers on every device) and then moved to `device`."""
+    model = build_model(task, n_features, n_classes, cfg.seed, dtype).to(device)
     if impl == "torch":
         return TorchEngine(model, cfg.loss, cfg.lr, cfg.weight_decay, cfg.momentum)
     W, b = model.linear.weight.detach(), model.linear.bias.detach()
@@ -194,6 +198,7 @@ def fit(
     """
     n = X.shape[0]
     bs = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
+    device = X.device  # the engine's parameters live there too (make_engine)
     metric = "val_accuracy" if cfg.loss == "cross_entropy" else "val_rmse"
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -205,6 +210,11 @@ def fit(
     # 0.39): SGD that leaves the model BLOWUP times worse than its initialisation
     # has diverged.
     initial_loss = _val_scores(engine, X_val, y_val, cfg.loss)[0]
+    starts = batch_starts(n, bs)
+    # The permutation is drawn on the CPU on every device: the same batches, so a
+    # GPU run differs from the CPU one by rounding only.
+    sizes = torch.tensor(np.diff(starts), dtype=torch.float64, device=device)
+    graph = EpochGraph(engine, X, y, starts) if graph_capturable(engine, X, bs) else None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         engine.set_lr(lr_at(cfg, epoch))
@@ -213,15 +223,16 @@ def fit(
             # skipping the shuffle and the copy keeps thousands of epochs cheap.
             total = engine.step(X, y).double() * n
         else:
-            perm = torch.randperm(n, generator=g)
-            starts = batch_starts(n, bs)
-            # Batch losses go into one preallocated vector (one op per step, not
-            # three): the small-batch hot loop is bound by per-op overhead.
-            losses = torch.empty(len(starts) - 1, dtype=torch.float64)
-            for i in range(losses.numel()):
-                idx = perm[starts[i] : starts[i + 1]]
-                losses[i] = engine.step(X.index_select(0, idx), y.index_select(0, idx))
-            sizes = torch.tensor(np.diff(starts), dtype=torch.float64)
+            perm = torch.randperm(n, generator=g).to(device)
+            if graph is not None:
+                losses = graph.run(perm)
+            else:
+                # Batch losses go into one preallocated vector (one op per step, not
+                # three): the small-batch hot loop is bound by per-op overhead.
+                losses = torch.empty(len(starts) - 1, dtype=torch.float64, device=device)
+                for i in range(losses.numel()):
+                    idx = perm[starts[i] : starts[i + 1]]
+                    losses[i] = engine.step(X.index_select(0, idx), y.index_select(0, idx))
             total = losses @ sizes
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
@@ -263,7 +274,8 @@ def fit(
     best_epoch = best[1]
     if cfg.patience:
         engine.set_params(*best[2])  # restore the best weights seen on validation
-    W, b = engine.get_params()
+    W, b = (p.cpu() for p in engine.get_params())
+    trajectory = [(e, w.cpu(), b_.cpu()) for e, w, b_ in trajectory]
     return TrainResult(
         weight=W.numpy().copy(),
         bias=b.numpy().copy(),

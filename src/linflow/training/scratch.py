@@ -83,13 +83,18 @@ class ScratchEngine:
         momentum: float = 0.0,
     ):
         self.W, self.b = W.clone(), b.clone()
-        self.loss, self.lr, self.weight_decay = loss, lr, weight_decay
+        self.loss, self.weight_decay = loss, weight_decay
+        # A float on the CPU; a 0-dim tensor beside the weights on a GPU (see step).
+        self.lr = torch.tensor(lr, dtype=W.dtype, device=W.device) if W.is_cuda else lr
         self.momentum = momentum
         self._vW: torch.Tensor | None = None  # velocities (momentum > 0), as torch.optim.SGD
         self._vb: torch.Tensor | None = None
 
     def set_lr(self, lr: float) -> None:
-        self.lr = lr
+        if isinstance(self.lr, torch.Tensor):
+            self.lr.fill_(lr)
+        else:
+            self.lr = lr
 
     @torch.no_grad()
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -109,7 +114,10 @@ class ScratchEngine:
             logp = torch.log_softmax(Zt, dim=0)  # (k, n), log-sum-exp stable
             value = -logp.gather(0, yy).mean()
             Gt = logp.exp_()  # softmax p, in place
-            Gt.scatter_add_(0, yy, self._minus_ones(n, Gt.dtype))  # p - onehot(y)
+            if Gt.is_cuda:  # CUDA's scatter has no deterministic kernel for this shape
+                Gt.sub_((self._classes(Gt.shape[0]) == yy).to(Gt.dtype))  # p - onehot(y)
+            else:
+                Gt.scatter_add_(0, yy, self._minus_ones(n, Gt.dtype))  # p - onehot(y)
         else:
             r = Zt - y.view(1, -1)  # (1, n)
             if self.loss == "mse":
@@ -120,6 +128,13 @@ class ScratchEngine:
                 Gt = r.sign_()
         if self.momentum:
             self._momentum_step(Gt @ X / n, Gt.sum(dim=1) / n)
+            return value
+        if isinstance(self.lr, torch.Tensor):
+            # On a GPU the lr is a device scalar (set_lr writes it in place), so a
+            # CUDA graph captured once replays every epoch of a schedule.
+            step = self.lr / n
+            W.mul_(1.0 - self.lr * self.weight_decay).sub_((Gt @ X).mul_(step))
+            b.sub_(Gt.sum(dim=1).mul_(step))
             return value
         W.addmm_(Gt, X, beta=1.0 - self.lr * self.weight_decay, alpha=-self.lr / n)
         b.sub_(Gt.sum(dim=1), alpha=self.lr / n)
@@ -135,13 +150,23 @@ class ScratchEngine:
         else:
             self._vW.mul_(self.momentum).add_(dW)
             self._vb.mul_(self.momentum).add_(db)
-        self.W.sub_(self._vW, alpha=self.lr)
-        self.b.sub_(self._vb, alpha=self.lr)
+        if isinstance(self.lr, torch.Tensor):
+            self.W.sub_(self._vW * self.lr)
+            self.b.sub_(self._vb * self.lr)
+        else:
+            self.W.sub_(self._vW, alpha=self.lr)
+            self.b.sub_(self._vb, alpha=self.lr)
+
+    def _classes(self, k: int) -> torch.Tensor:
+        cached = getattr(self, "_column", None)
+        if cached is None:
+            cached = self._column = torch.arange(k, device=self.W.device).view(-1, 1)  # (k, 1)
+        return cached
 
     def _minus_ones(self, n: int, dtype) -> torch.Tensor:
         cached = getattr(self, "_ones", None)
         if cached is None or cached.shape[1] < n or cached.dtype != dtype:
-            cached = self._ones = torch.full((1, n), -1.0, dtype=dtype)
+            cached = self._ones = torch.full((1, n), -1.0, dtype=dtype, device=self.W.device)
         return cached[:, :n]
 
     @torch.no_grad()
