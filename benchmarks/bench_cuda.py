@@ -8,6 +8,7 @@ interleaved, after a warm-up, median of the repetitions:
 - graph:   the scratch engine, the epoch replayed from one CUDA graph (what fit does)
 - eager:   the scratch engine, its steps launched one by one
 - torch:   the torch engine (nn.Linear + autograd + torch.optim.SGD), eager
+- replay:  the graph's replay alone (no permutation, validation or sync per epoch)
 - floor:   the epoch's two GEMMs over all rows at once (X W^T and G^T X)
 
 Writes benchmarks/results/cuda.json (and a copy where --out says) and prints a table.
@@ -56,6 +57,22 @@ def _epoch_seconds(impl: str, X, y, Xv, yv, graph: bool, epochs: int) -> float:
     return statistics.median(res.seconds_per_epoch[1:])  # the first holds the capture
 
 
+def _replay(X, y) -> float:
+    from linflow.training.cuda import EpochGraph
+
+    cfg = _cfg("scratch", 1)
+    engine = loop.make_engine("scratch", "classification", D, K, cfg, device="cuda")
+    graph = EpochGraph(engine, X, y, loop.batch_starts(N, BATCH))
+    perm = torch.randperm(N, device="cuda")
+    graph.run(perm)
+    torch.cuda.synchronize()
+    reps, t0 = 10, time.perf_counter()
+    for _ in range(reps):
+        graph.run(perm)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps
+
+
 def _floor(X) -> float:
     W = torch.randn(K, D, device="cuda")
     G = torch.randn(K, X.shape[0], device="cuda")
@@ -87,6 +104,7 @@ def main() -> int:
         "graph": lambda: _epoch_seconds("scratch", X, y, Xv, yv, True, args.epochs),
         "eager": lambda: _epoch_seconds("scratch", X, y, Xv, yv, False, args.epochs),
         "torch": lambda: _epoch_seconds("torch", X, y, Xv, yv, False, args.epochs),
+        "replay": lambda: _replay(X, y),
         "floor": lambda: _floor(X),
     }
     for fn in arms.values():  # warm-up
@@ -106,6 +124,7 @@ def main() -> int:
         "ratios": {
             "eager/graph": round(med["eager"] / med["graph"], 2),
             "torch/graph": round(med["torch"] / med["graph"], 2),
+            "graph/replay": round(med["graph"] / med["replay"], 2),
             "graph/floor": round(med["graph"] / med["floor"], 2),
         },
     }

@@ -123,8 +123,11 @@ def test_a_graph_epoch_equals_an_eager_gpu_epoch_bit_for_bit(monkeypatch, schedu
 def test_early_stopping_restores_the_best_weights_on_the_gpu():
     X, y = _images()
     cfg = _cfg(lr=5.0, epochs=12, patience=2)  # a large lr: validation loss turns up
-    engine, res = _fit("cuda", cfg, X, y)
-    _, cpu = _fit("cpu", cfg, X, y)
-    assert res.best_epoch == cpu.best_epoch and res.epochs_run == cpu.epochs_run
+    dev = torch.device("cuda")
+    engine = make_engine(cfg.impl, "classification", X.shape[1], 10, cfg, device=dev)
+    Xd, yd = X.to(dev), y.to(dev)
+    res = fit(engine, Xd, yd, Xd[:1000], yd[:1000], cfg, record_every=1)
+    assert res.stopped_early and res.best_epoch < res.epochs_run
     assert engine.W.device.type == "cuda"
-    assert _rel(res.weight, cpu.weight) < 1e-3
+    at_best = list(res.trajectory_epoch).index(res.best_epoch)
+    assert res.weight.tobytes() == res.trajectory_weight[at_best].tobytes()
