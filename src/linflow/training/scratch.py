@@ -138,29 +138,33 @@ class ScratchEngine:
         """The same step on a GPU, in few kernels: a CUDA graph replays ~190 steps an
         epoch and each kernel costs microseconds whatever its size.
 
-        The lr and the decay factor 1 - lr wd are device scalars that set_lr
-        writes in place, so a graph captured once serves a whole lr schedule:
+        Rows x classes (the layout GPU softmax and reductions are fast in; the
+        classes-x-rows trick of step() is for CPU GEMMs). The lr and the decay
+        factor 1 - lr wd are device scalars that set_lr writes in place, so a
+        graph captured once serves a whole lr schedule:
         W <- (1 - lr wd) W - (1 / n) (lr G)^T X, b <- b - (1 / n) sum(lr G).
         p - onehot(y) is an add of the class mask: CUDA's scatter has no
         deterministic kernel.
         """
         W, b, n = self.W, self.b, X.shape[0]
-        Zt = torch.addmm(b.view(-1, 1), W, X.T)  # (k, n)
+        Z = X @ W.T  # (n, k); measured on an H200: 8.5 us, addmm with the bias 18 us
+        Z += b
         if self.loss == "cross_entropy":
-            yy = y.view(1, -1)
-            logp = torch.log_softmax(Zt, dim=0)  # (k, n)
-            value = -logp.gather(0, yy).mean()
-            Gt = logp.exp_()
-            Gt.add_(self._classes(Gt.shape[0]) == yy, alpha=-1.0)  # p - onehot(y)
+            yy = y.view(-1, 1)
+            logp = torch.log_softmax(Z, dim=1)  # (n, k)
+            value = -logp.gather(1, yy).mean()
+            G = logp.exp_()
+            G.add_(self._classes(G.shape[1]) == yy, alpha=-1.0)  # p - onehot(y)
         else:
-            r = Zt - y.view(1, -1)  # (1, n)
+            r = Z - y.view(-1, 1)  # (n, 1)
             if self.loss == "mse":
                 value = (r * r).mean()
-                Gt = r.mul_(2.0)
+                G = r.mul_(2.0)
             else:
                 value = r.abs().mean()
-                Gt = r.sign_()
-        Gt.mul_(self.lr)
+                G = r.sign_()
+        G.mul_(self.lr)
+        Gt = G.T.contiguous()  # (k, n): G^T X then takes 4.7 us, not 10.4 (H200)
         if self.weight_decay:
             W.mul_(self._decay)
         W.addmm_(Gt, X, alpha=-1.0 / n)
@@ -185,9 +189,9 @@ class ScratchEngine:
             self.b.sub_(self._vb, alpha=self.lr)
 
     def _classes(self, k: int) -> torch.Tensor:
-        cached = getattr(self, "_column", None)
+        cached = getattr(self, "_row", None)
         if cached is None:
-            cached = self._column = torch.arange(k, device=self.W.device).view(-1, 1)  # (k, 1)
+            cached = self._row = torch.arange(k, device=self.W.device).view(1, -1)  # (1, k)
         return cached
 
     def _minus_ones(self, n: int, dtype) -> torch.Tensor:
