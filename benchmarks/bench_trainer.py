@@ -52,6 +52,22 @@ def _burn(stop):  # pragma: no cover - runs in a child process
             x += 1
 
 
+def _cpu() -> dict[str, str]:
+    """Which CPU and which kernels this ran on: the ratios hold per CPU kind."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "model": model,
+        "torch_isa": torch.backends.cpu.get_cpu_capability(),  # DEFAULT, AVX2, AVX512
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "auto"),
+        "cores": str(os.cpu_count()),
+    }
+
+
 class ToTensorDataset(torch.utils.data.Dataset):
     """d2l / torchvision style: one uint8 image at a time -> float tensor in [0, 1]."""
 
@@ -172,6 +188,7 @@ def main() -> int:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
+        "cpu": _cpu(),
         "n_train": n,
         "batch_size": cfg.batch_size,
         "impl": cfg.impl,
@@ -247,6 +264,8 @@ def main() -> int:
     print(f"{'ratio':<32}{'value':>10}")
     for k, v in result["ratios"].items():
         print(f"{k:<32}{v:>10.2f}")
+    cpu = result["cpu"]
+    print(f"cpu: {cpu['model']} ({cpu['cores']} cores), torch kernels {cpu['torch_isa']}")
     print(f"load average (1 min): {result['loadavg_1m']:.2f}; written {out}")
     return 0
 
