@@ -261,3 +261,63 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def _stage_pids(log: Path) -> set[int]:
+    return {int(p) for p in re.findall(r"preload: stage pid (\d+):", log.read_text())}
+
+
+def test_a_killed_worker_takes_its_stage_with_it(tmp_path, digits):
+    """kill -9 of the worker mid-stage: the stage gets SIGTERM (parent-death signal),
+    ends its run KILLED and writes nothing; no process of it survives."""
+    folder = tmp_path / "w"
+    folder.mkdir(mode=0o700)
+    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
+    env["LINFLOW_PRELOAD_IDLE"] = "60"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "LINFLOW_PRELOAD_IDLE"):
+            mp.setenv(k, env[k])
+        sock, _, log = map(Path, preload._paths())
+    start_worker(env, sock, log)
+    proc = _long_training(tmp_path, digits, "digits_worker_kill", env)
+    (stage,) = _stage_pids(log)
+    for pid in worker_pids(log):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "the preload worker went away during the stage" in stderr
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(stage):
+        time.sleep(0.2)
+    assert not _alive(stage)
+    (run,) = _runs("digits_worker_kill")[1]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["linflow.failure"] == "interrupted (Ctrl-C or SIGTERM)"
+    time.sleep(2)  # the old behaviour wrote the model seconds later
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_folder_that_is_not_private_turns_the_worker_off_saying_so_once(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # as another user's pre-created folder would be: not private
+    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    argv = ["prepare", "line", "--out", str(tmp_path / "raw.npz")]
+    # Two stages of one parent (as of one `dvc repro`): one line, from the first.
+    code = (
+        "import subprocess, sys\n"
+        f"for _ in range(2): subprocess.run([sys.executable, '-m', 'linflow', *{argv!r}])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    lines = [ln for ln in res.stderr.splitlines() if "warm worker is off" in ln]
+    assert lines == [
+        f"linflow: the warm worker is off: {folder} is not a private folder of this user "
+        f"(owner uid {os.getuid()}, mode 755); every stage pays its imports (~5 s). "
+        "Remove it, or set LINFLOW_PRELOAD_DIR to a folder of your own."
+    ]
+    assert (tmp_path / "raw.npz").is_file()  # the stage ran, here
+    assert list(folder.iterdir()) == []  # and nothing went into the folder

@@ -362,3 +362,19 @@ def test_make_ui_binds_localhost_only():
     text = res.stdout.replace("\\\n", " ")  # the recipe continues over lines
     (cmd,) = [ln for ln in text.splitlines() if "mlflow ui" in ln]
     assert "--host 127.0.0.1" in cmd and "0.0.0.0" not in res.stdout
+
+
+def test_make_ui_with_its_port_taken_fails_naming_the_port():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        res = subprocess.run(
+            ["make", "--no-print-directory", "ui", f"UI_PORT={port}"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+    assert res.returncode != 0
+    assert f"make ui: port {port} on 127.0.0.1 is in use" in res.stderr
+    assert "mlflow" not in res.stdout  # the server never started

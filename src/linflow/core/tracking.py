@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -44,6 +45,8 @@ WEIGHTS_TAG = "linflow.weights_md5"
 FAILURE_TAG = "linflow.failure"
 KIND_TAG = "linflow.kind"  # 'training' or 'reference'
 ADOPTED_TAG = "linflow.results_from"  # run whose test/compare results this one re-uses
+PID_TAG, HOST_TAG = "linflow.pid", "linflow.host"  # the process that owns a RUNNING run
+RUN_KEY_TAG = "linflow.run_key"  # one per create_run call: finds the copies a retry made
 EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
 EPOCH_FLUSH_S = 2.0
 
@@ -93,10 +96,84 @@ def _client():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
+    # The store's own error logs repeat, with tracebacks, what _wrap says in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    try:  # a zombie has ended its work
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def reconcile(client) -> list[str]:
+    """End the runs left RUNNING by linflow processes of this host that are gone.
+
+    A stage killed by SIGKILL, a machine that lost power, or a KILLED write that
+    met a locked database leaves its run RUNNING. Runs carry the pid and host
+    that created them (tags PID_TAG, HOST_TAG); every new run first marks those
+    whose process no longer exists KILLED, with the reason in FAILURE_TAG.
+    Runs of other hosts (a team server) are left to their own host.
+    Returns the run ids it ended.
+    """
+    exps = client.search_experiments(filter_string="name LIKE 'linflow-%'")
+    if not exps:
+        return []
+    host = socket.gethostname().replace("'", "")
+    stale = client.search_runs(
+        [e.experiment_id for e in exps],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=200,
+    )
+    ended = []
+    for run in stale:
+        pid = run.data.tags.get(PID_TAG, "")
+        if not pid.isdigit() or _alive(int(pid)) or int(pid) == os.getpid():
+            continue
+        client.set_tag(
+            run.info.run_id,
+            FAILURE_TAG,
+            f"process {pid} on {host} ended without closing this run (killed?); "
+            "reconciled when a later run started",
+        )
+        client.set_terminated(run.info.run_id, status="KILLED")
+        ended.append(run.info.run_id)
+        log.warning(
+            "MLflow run %s of process %s was left RUNNING: marked KILLED", run.info.run_id, pid
+        )
+    return ended
+
+
+# A database driver's own message inside SQLAlchemy's text: "(sqlite3.OperationalError)
+# database or disk is full" -- the cause a user can act on.
+_DRIVER_LINE = re.compile(r"\((?:sqlite3|psycopg2?|pymysql|MySQLdb)[\w.]*\) (.+)")
+
+
 def _one_line(exc: BaseException) -> str:
+    """The one line that says why `exc` happened.
+
+    Looks through the exception and its causes for a database driver's message
+    (MLflow and SQLAlchemy wrap it in lines about autoflush and SQL), else takes
+    the exception's first line.
+    """
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for e in reversed(seen):  # the innermost cause first
+        for line in str(e).splitlines():
+            m = _DRIVER_LINE.search(line)
+            if m:
+                return m.group(1).strip()[:500]
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:500]
 
@@ -191,11 +268,12 @@ class TrainingRun:
         try:
             self.client = _client()
             exp_id = self.experiment_id = _experiment_id(self.client, self.dataset)
+            reconcile(self.client)
             tags = {**git_tags(repo_root()), **self.tags}
             if os.environ.get("DVC_EXP_NAME"):
                 tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-            run = self.client.create_run(exp_id, tags=tags, run_name=self.run_name)
-            self.run_id = run.info.run_id
+            tags.update(_owner_tags())
+            self.run_id = _create_run(self.client, exp_id, tags, self.run_name)
             items = [Param(k, v[:6000]) for k, v in sorted(self.params.items())]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i : i + 100])
@@ -226,24 +304,36 @@ class TrainingRun:
         """Send the buffered per-epoch metrics."""
         pending, self._pending = self._pending, []
         self._last_flush = time.monotonic()
-        for i in range(0, len(pending), EPOCH_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[i : i + EPOCH_BATCH])
+        try:
+            for i in range(0, len(pending), EPOCH_BATCH):
+                self.client.log_batch(self.run_id, metrics=pending[i : i + EPOCH_BATCH])
+        except Exception as exc:
+            raise _wrap(exc) from None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        try:
+            self.client.log_batch(self.run_id, metrics=items)
+        except Exception as exc:
+            raise _wrap(exc) from None
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        except Exception as exc:
+            raise _wrap(exc) from None
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
-        for p in paths:
-            self.client.log_artifact(self.run_id, str(p), artifact_path)
+        try:
+            for p in paths:
+                self.client.log_artifact(self.run_id, str(p), artifact_path)
+        except Exception as exc:
+            raise _wrap(exc) from None
 
     def adopt_results(self, weights_md5: str) -> str | None:
         """Copy evaluate's and compare's results from an earlier run with these weights.
@@ -294,14 +384,25 @@ class TrainingRun:
         return src.info.run_id
 
     def _end(self, status: str, reason: str | None = None) -> None:
-        try:
-            if reason:
-                self.set_tags({FAILURE_TAG: reason})
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as exc:  # the store went away: say so, keep the original error
-            log.warning(
-                "could not mark MLflow run %s as %s: %s", self.run_id, status, _one_line(exc)
-            )
+        """Close the run; a busy (locked) database gets a few tries over ~3 s, and a run
+        still left RUNNING is ended by the next run's reconcile()."""
+        for attempt in range(4):
+            try:
+                if reason:
+                    self.set_tags({FAILURE_TAG: reason})
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as exc:  # the store went away: say so, keep the original error
+                if "locked" in _one_line(exc) and attempt < 3:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                log.warning(
+                    "could not mark MLflow run %s as %s: %s (the next run will)",
+                    self.run_id,
+                    status,
+                    _one_line(exc),
+                )
+                return
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:
@@ -311,6 +412,8 @@ class TrainingRun:
         except Exception as flush_exc:
             if exc is None:
                 self._end("FAILED", f"could not log metrics: {_one_line(flush_exc)}")
+                if isinstance(flush_exc, TrackingError):
+                    raise flush_exc from None
                 raise _wrap(flush_exc) from None
             log.warning("could not log the last epochs to MLflow: %s", _one_line(flush_exc))
         if exc is None:
@@ -320,6 +423,38 @@ class TrainingRun:
         else:
             self._end("FAILED", _one_line(exc))
         return False
+
+
+def _owner_tags() -> dict[str, str]:
+    import uuid
+
+    return {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname().replace("'", ""),
+        RUN_KEY_TAG: uuid.uuid4().hex,
+    }
+
+
+def _create_run(client, exp_id: str, tags: Mapping[str, str], run_name: str) -> str:
+    """Create a run and drop the copies a retried request made.
+
+    Against a slow server the HTTP client times out and sends runs/create again:
+    the server may then hold two runs of one request. Both carry this call's
+    RUN_KEY_TAG; the one we were answered with stays, the others are deleted.
+    """
+    run = client.create_run(exp_id, tags=dict(tags), run_name=run_name)
+    key = tags[RUN_KEY_TAG]
+    twins = client.search_runs(
+        [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=10
+    )
+    for twin in twins:
+        if twin.info.run_id != run.info.run_id:
+            client.set_terminated(twin.info.run_id, status="KILLED")
+            client.delete_run(twin.info.run_id)
+            log.warning(
+                "deleted MLflow run %s: a duplicate made by a retried request", twin.info.run_id
+            )
+    return run.info.run_id
 
 
 def log_to_training_run(

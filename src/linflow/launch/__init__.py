@@ -3,12 +3,17 @@ when one is ready, else runs here. Kept free of heavy imports: it starts every s
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from linflow.launch import worker as preload
+
+    if "DVC_STAGE" in os.environ:
+        # kill -9 of dvc must not leave this stage (or its worker child) running on.
+        preload.die_with_parent(os.getppid())
 
     if preload.wanted(argv):
         code = preload.run(argv)

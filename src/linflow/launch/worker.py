@@ -124,8 +124,32 @@ def _folder() -> str | None:
     import stat
 
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        _warn_once(
+            base,
+            f"linflow: the warm worker is off: {base} is not a private folder of this user "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); every stage pays its "
+            "imports (~5 s). Remove it, or set LINFLOW_PRELOAD_DIR to a folder of your own.",
+        )
         return None
     return base
+
+
+def _warn_once(base: str, message: str) -> None:
+    """Print `message` once per parent process (one `dvc repro`), not once per stage."""
+    marker = os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "linflow"
+    )
+    key = f"{os.getppid()}:{base}"
+    path = os.path.join(marker, "preload-warned")
+    with contextlib.suppress(OSError):
+        with open(path) as fh:
+            if fh.read() == key:
+                return
+    print(message, file=sys.stderr)
+    with contextlib.suppress(OSError):
+        os.makedirs(marker, mode=0o700, exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(key)
 
 
 def _paths() -> tuple[str, str, str] | None:
@@ -404,9 +428,11 @@ def _accept(listener: socket.socket, children: dict, private: list[int]) -> None
             os.close(fd)
         conn.close()
         return
+    server = os.getpid()
     pid = os.fork()
     if pid == 0:  # the stage
         try:
+            die_with_parent(server)
             for fd in [*private, *(c.fileno() for c in children.values())]:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -421,6 +447,19 @@ def _accept(listener: socket.socket, children: dict, private: list[int]) -> None
     children[pid] = conn
     with contextlib.suppress(OSError):
         conn.sendall(f"PID {pid}\n".encode())
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the process that started us dies (Linux), and check it has not
+    already: a stage whose worker or client is gone stops -- its run ends KILLED and
+    it writes nothing -- instead of training on, orphaned, beside a re-run."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _child(request: dict, fds: list[int]) -> int:

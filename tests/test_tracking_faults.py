@@ -1,0 +1,242 @@
+"""Tracking under faults, each made real: a full disk under the store, a stage
+killed with SIGKILL, a tracking server that answers runs/create too slowly.
+
+After each: no run of the test's store is left RUNNING, no stage process survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_robustness import tiny_filesystem
+
+ROOT = Path(__file__).resolve().parents[1]
+LINFLOW = [sys.executable, "-m", "linflow"]
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory):
+    base = tmp_path_factory.mktemp("line")
+    env = dict(os.environ, LINFLOW_PRELOAD="0")
+    for argv in (
+        ["prepare", "line", "--out", str(base / "raw.npz")],
+        ["split", "line", "--raw", str(base / "raw.npz"), "--out", str(base / "prepared")],
+    ):
+        subprocess.run([*LINFLOW, *argv], env=env, cwd=ROOT, check=True, capture_output=True)
+    return base / "prepared"
+
+
+def _train(line: Path, out: Path, uri: str, params: Path | None = None, **popen):
+    env = dict(os.environ, LINFLOW_PRELOAD="0", MLFLOW_TRACKING_URI=uri)
+    env.update(popen.pop("env", {}))
+    argv = [*LINFLOW] + (["--params", str(params)] if params else [])
+    argv += ["train", "line", "--data", str(line)]
+    argv += ["--model", str(out / "m"), "--reports", str(out / "r")]
+    return subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+def _all_runs(uri: str):
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri=uri)
+    exps = client.search_experiments(view_type=ViewType.ALL)
+    if not exps:
+        return client, []
+    runs = client.search_runs([e.experiment_id for e in exps], run_view_type=ViewType.ALL)
+    return client, runs
+
+
+def test_a_full_disk_under_the_store_is_one_line_with_the_cause(tmp_path, line):
+    with tiny_filesystem("3m") as mnt:
+        uri = f"sqlite:///{mnt}/mlflow.db"
+        first = _train(line, tmp_path / "a", uri)
+        assert first.wait(60) == 0, first.stderr.read()  # the store exists, then the disk fills
+        with open(mnt / "filler", "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+            except OSError:
+                pass
+        proc = _train(line, tmp_path / "b", uri)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert stderr.strip().splitlines()[-1] == (
+            f"linflow train: error: MLflow store {uri} failed: database or disk is full"
+        )
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 3
+        assert not (tmp_path / "b" / "m").exists()
+        (mnt / "filler").unlink()
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(mnt / "mlflow.db")) as db:  # no cached engine:
+            statuses = [s for (s,) in db.execute("SELECT status FROM runs")]  # the mount must go
+        assert statuses == ["FINISHED"]
+
+
+def test_a_run_whose_process_was_killed_is_reconciled_by_the_next_run(tmp_path, line, base_params):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    p = copy.deepcopy(base_params)
+    p["train"]["regression"].update(epochs=10**7, batch_size=1)
+    params = tmp_path / "long.yaml"
+    params.write_text(yaml.safe_dump(p))
+    victim = _train(line, tmp_path / "a", uri, params)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        _, runs = _all_runs(uri)
+        if runs and runs[0].data.metrics:
+            break
+        time.sleep(0.3)
+    else:
+        victim.kill()
+        pytest.fail("training never started logging")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    (run,) = _all_runs(uri)[1]
+    assert run.info.status == "RUNNING"  # nothing could close it
+    assert run.data.tags["linflow.pid"] == str(victim.pid)
+
+    later = _train(line, tmp_path / "b", uri)
+    _, stderr = later.communicate(timeout=120)
+    assert later.returncode == 0, stderr
+    assert f"of process {victim.pid} was left RUNNING: marked KILLED" in stderr
+    client, runs = _all_runs(uri)
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[run.info.run_id] == "KILLED" and sorted(status.values()) == ["FINISHED", "KILLED"]
+    reason = client.get_run(run.info.run_id).data.tags["linflow.failure"]
+    assert reason.startswith(f"process {victim.pid} on ") and "ended without closing" in reason
+    assert not (tmp_path / "a" / "m").exists()
+
+
+def test_reconcile_leaves_live_processes_and_other_hosts_alone(tmp_path):
+    from mlflow import MlflowClient
+
+    from linflow.core import tracking
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("linflow-x")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
+    try:
+        runs = {
+            name: client.create_run(
+                exp, tags={tracking.PID_TAG: str(pid), tracking.HOST_TAG: h}
+            ).info.run_id
+            for name, pid, h in (
+                ("dead", dead.pid, host),
+                ("alive", alive.pid, host),
+                ("elsewhere", dead.pid, "another-host"),
+            )
+        }
+        assert tracking.reconcile(client) == [runs["dead"]]
+        status = {k: client.get_run(v).info.status for k, v in runs.items()}
+        assert status == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    finally:
+        alive.kill()
+        alive.wait()
+    assert tracking.reconcile(client) == [runs["alive"]]
+    for run_id in runs.values():  # leave nothing RUNNING behind
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+
+
+class _SlowCreate(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of a real MLflow server that answers the first runs/create
+    only after the client has given up waiting (the server has made the run)."""
+
+    upstream: int = 0
+    delay: float = 0.0
+    delayed = threading.Event()
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if self.path.endswith("/runs/create") and not self.delayed.is_set():
+            self.delayed.set()
+            time.sleep(self.delay)
+        try:
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass  # the client timed out and left
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_create_retried_against_a_slow_server_leaves_one_run(tmp_path, line):
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+            "--default-artifact-root", (tmp_path / "artifacts").as_uri(),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    proxy = None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        handler = type("H", (_SlowCreate,), {"upstream": port, "delay": 4.0})
+        handler.delayed = threading.Event()
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{proxy.server_address[1]}"
+        env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+        proc = _train(line, tmp_path / "a", uri, env=env)
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert handler.delayed.is_set()  # the slow answer really happened
+        assert "a duplicate made by a retried request" in stderr
+        _, runs = _all_runs(f"http://127.0.0.1:{port}")
+        active = [r for r in runs if r.info.lifecycle_stage == "active"]
+        assert [r.info.status for r in active] == ["FINISHED"]
+        assert all(r.info.status != "RUNNING" for r in runs)
+        assert "train_seconds" in active[0].data.metrics
+    finally:
+        if proxy is not None:
+            proxy.shutdown()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
