@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tests.test_robustness import tiny_filesystem
 
 ROOT = Path(__file__).resolve().parents[1]

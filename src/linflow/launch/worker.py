@@ -141,10 +141,9 @@ def _warn_once(base: str, message: str) -> None:
     )
     key = f"{os.getppid()}:{base}"
     path = os.path.join(marker, "preload-warned")
-    with contextlib.suppress(OSError):
-        with open(path) as fh:
-            if fh.read() == key:
-                return
+    with contextlib.suppress(OSError), open(path) as fh:
+        if fh.read() == key:
+            return
     print(message, file=sys.stderr)
     with contextlib.suppress(OSError):
         os.makedirs(marker, mode=0o700, exist_ok=True)
