@@ -172,3 +172,39 @@ def test_corrupted_lock_fails_loudly(repo, env, text):
     assert res.returncode == 1 and "Running stage" not in res.stderr
     (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert line.startswith("linflow verify: error: dvc.lock: not ")
+
+
+def _workspace(repo: Path) -> dict[str, str]:
+    """Every file DVC or git tracks outside .git/.dvc, with its md5."""
+    skip = (repo / ".git", repo / ".dvc")
+    return {
+        str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and not any(p.is_relative_to(s) for s in skip)
+    }
+
+
+def test_a_misspelled_params_section_fails_any_repro_in_one_line(repo, env):
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text + "\nrefrence:\n  max_iter: 10\n")
+    before = _workspace(repo)
+    res = run(["dvc", "repro"], repo, env, check=False)
+    assert res.returncode != 0
+    assert "linflow validate: error: params.yaml: refrence is not a known key (misspelled?)" in (
+        res.stdout + res.stderr
+    )
+    assert _workspace(repo) == before  # nothing ran, nothing was deleted
+
+
+def test_a_bad_experiment_param_fails_before_any_output_is_deleted(repo, env):
+    before = _workspace(repo)
+    res = run(["dvc", "exp", "run", "-S", "train.classification.lr=abc"], repo, env, check=False)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "linflow validate: error: params.yaml: train.classification.lr" in out
+    assert "Running stage 'validate'" in out and "Running stage 'train@digits'" not in out
+    after = _workspace(repo)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert changed == ["params.yaml"]  # the experiment's own edit, and nothing else
+    assert (repo / "models/digits/model.safetensors").is_file()
+    assert (repo / "reports/digits/history.csv").is_file()

@@ -15,11 +15,12 @@ from types import ModuleType
 
 __all__ = ["PIPELINE", "COMMANDS", "DESCRIPTIONS", "load"]
 
-PIPELINE = ("prepare", "split", "train", "evaluate", "reference", "compare", "report")
+PIPELINE = ("validate", "prepare", "split", "train", "evaluate", "reference", "compare", "report")
 COMMANDS = ("verify", "portability")
 
 # One line each: `linflow --help` lists them without importing a stage.
 DESCRIPTIONS = {
+    "validate": "check all of params.yaml (every section, key and value) before any stage runs",
     "prepare": "build data/raw/<ds>.npz from the dataset's source",
     "split": "split the raw data into train/val/test and fit the scaler on train",
     "train": "train the model by minibatch SGD (one MLflow run per training)",
