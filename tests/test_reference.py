@@ -151,7 +151,40 @@ def test_logistic_regression_reports_non_convergence_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may escape, ConvergenceWarning included
         ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=2, tol=1e-8)
-    assert not ref.converged
+    assert not ref.converged and ref.stopped_by == "max_iter" and ref.n_iter == 2
+
+
+def test_a_fit_longer_than_one_call_resumes_and_reports_progress(monkeypatch):
+    X, y = classification_data(6)
+    one_call = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-10)
+    monkeypatch.setattr(R, "CHUNK", 5)  # calls of 5 iterations, each resuming the last
+    heard = []
+    ref = R.fit_logistic_regression(
+        X, y, 3, 0.01, max_iter=5000, tol=1e-10, on_progress=lambda i, s: heard.append(i)
+    )
+    assert heard[:3] == [5, 10, 15] and ref.n_iter > heard[-1]
+    assert ref.converged and ref.stopped_by is None
+    assert R.relative_l2(ref.weight, one_call.weight) < 1e-5  # the same optimum
+
+
+def test_a_time_bound_stops_the_fit_after_the_call_that_crosses_it(monkeypatch):
+    X, y = classification_data(6)
+    monkeypatch.setattr(R, "CHUNK", 5)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-10, max_seconds=1e-9)
+    assert (ref.converged, ref.stopped_by, ref.n_iter) == (False, "max_seconds", 5)
+
+
+def test_a_fit_that_converges_in_one_call_is_one_plain_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = classification_data(6)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-6)
+    Xc = X - X.mean(axis=0)
+    plain = LogisticRegression(C=R.logistic_C(X.shape[0], 0.01, 3), max_iter=5000, tol=1e-6)
+    plain.fit(Xc, y)
+    W, _ = R.centre_softmax(plain.coef_, plain.intercept_)
+    assert ref.converged and ref.n_iter == int(plain.n_iter_[0])
+    np.testing.assert_array_equal(ref.weight, W)
 
 
 def test_logistic_regression_without_weight_decay_is_unpenalised():

@@ -64,6 +64,7 @@ class ReferenceFit:
     bias: np.ndarray
     n_iter: int | None = None
     converged: bool = True
+    stopped_by: str | None = None  # "max_iter" or "max_seconds" when not converged
 
 
 # --- the weight-decay mappings --------------------------------------------------
@@ -150,6 +151,9 @@ def fit_sklearn_ridge(X: np.ndarray, y: np.ndarray, weight_decay: float) -> Refe
 # --- classification reference ---------------------------------------------------
 
 
+CHUNK = 200  # lbfgs iterations per call: more than any default fit needs (digits 31, fashion 145)
+
+
 def fit_logistic_regression(
     X: np.ndarray,
     y: np.ndarray,
@@ -157,14 +161,27 @@ def fit_logistic_regression(
     weight_decay: float,
     max_iter: int,
     tol: float,
+    max_seconds: float | None = None,
+    on_progress=None,
 ) -> ReferenceFit:
     """scikit-learn's multinomial LogisticRegression (lbfgs), L2 matched to wd.
 
     X (n, d), y (n,) int labels in [0, n_classes), every class present.
-    Returns centred softmax weights W (n_classes, d), b (n_classes,);
-    ``converged`` is False when lbfgs raised a ConvergenceWarning (the warning
-    itself is swallowed: the caller decides what a non-converged reference means).
+    Returns centred softmax weights W (n_classes, d), b (n_classes,).
+
+    Bounded: lbfgs runs in calls of CHUNK iterations (``warm_start``: each call
+    resumes from the last weights), and stops after `max_iter` iterations or the
+    first call that ends past `max_seconds`; ``on_progress(iterations, seconds)``
+    hears about each call that did not converge. A fit that converges within the
+    first call (every default fit) is exactly one plain LogisticRegression fit.
+    ``converged`` is False, and ``stopped_by`` says which bound stopped it, when
+    lbfgs raised a ConvergenceWarning in the last call (the warnings themselves
+    are swallowed: the caller decides what a non-converged reference means).
+    Unpenalised (weight_decay 0) fits of separable classes have no finite
+    optimum and end so.
     """
+    import time
+
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -176,8 +193,9 @@ def fit_logistic_regression(
     model = LogisticRegression(
         C=logistic_C(X.shape[0], weight_decay, n_classes),
         solver="lbfgs",
-        max_iter=max_iter,
+        max_iter=min(CHUNK, max_iter),
         tol=tol,
+        warm_start=True,
     )
     # Fit on centred features: the intercept is unpenalised, so x.W + b = (x - mu).W
     # + (b + mu.W) is the same model and the optimum W is unchanged, while lbfgs
@@ -186,21 +204,36 @@ def fit_logistic_regression(
     Xc = X.astype(np.float64)  # (n, d), our own copy: centred in place
     mu = Xc.mean(axis=0)
     Xc -= mu
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(Xc, y)
+    t0, total, stopped_by = time.monotonic(), 0, None
+    while True:
+        model.max_iter = min(CHUNK, max_iter - total)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(Xc, y)
+        total += int(np.max(model.n_iter_))
+        converged = True
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                converged = False
+            else:  # not ours to swallow
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if converged:
+            break
+        elapsed = time.monotonic() - t0
+        if total >= max_iter:
+            stopped_by = "max_iter"
+        elif max_seconds is not None and elapsed >= max_seconds:
+            stopped_by = "max_seconds"
+        if on_progress is not None:
+            on_progress(total, elapsed)
+        if stopped_by:
+            break
     del Xc
-    converged = True
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            converged = False
-        else:  # not ours to swallow
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     W, b = model.coef_, model.intercept_ - model.coef_ @ mu
     if n_classes == 2:  # one binary vector v = w_1 - w_0 -> softmax rows [-v/2, v/2]
         W, b = np.vstack([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
     W, b = centre_softmax(W, b)
-    return ReferenceFit(W, b, n_iter=int(np.max(model.n_iter_)), converged=converged)
+    return ReferenceFit(W, b, n_iter=total, converged=converged, stopped_by=stopped_by)
 
 
 def centre_softmax(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

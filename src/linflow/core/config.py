@@ -246,9 +246,12 @@ class TrainSection(_Strict):
 class ReferenceConfig(_Strict):
     """Solver settings of the classical references (the regression ones are exact)."""
 
-    # LogisticRegression (lbfgs) must converge: a ConvergenceWarning fails the stage.
+    # LogisticRegression (lbfgs) runs until it converges to tol, or max_iter
+    # iterations, or max_seconds: a fit stopped by a bound is recorded (and said)
+    # as not converged, never hangs a learner's experiment.
     max_iter: PosInt = 5000
     tol: PosFloat = 1e-4  # scikit-learn's default
+    max_seconds: PosFloat = 180.0
     # Threads of numpy's BLAS (the fit's two big GEMMs per iteration); every other
     # pool gets one. A fixed number, so reference.json does not depend on the machine.
     threads: PosInt = 2

@@ -47,7 +47,18 @@ def reference_threads(n: int) -> Iterator[None]:
             yield
 
 
-def _fits(task: str, X, y, k: int, wd: float, rc) -> tuple[dict, dict]:
+def _progress(dataset: str, rc):
+    def report(iterations: int, seconds: float) -> None:
+        log.info(
+            "reference %s: lbfgs %d iterations in %.0f s, not converged yet "
+            "(stops at reference.max_iter=%d or reference.max_seconds=%g)",
+            dataset, iterations, seconds, rc.max_iter, rc.max_seconds,
+        )  # fmt: skip
+
+    return report
+
+
+def _fits(task: str, X, y, k: int, wd: float, rc, dataset: str = "") -> tuple[dict, dict]:
     """(name -> zero-argument fit, name -> settings recorded beside it); primary first."""
     from linflow import reference
 
@@ -64,7 +75,7 @@ def _fits(task: str, X, y, k: int, wd: float, rc) -> tuple[dict, dict]:
         return todo, extra
     todo = {
         "sklearn_logistic_regression": lambda: reference.fit_logistic_regression(
-            X, y, k, wd, rc.max_iter, rc.tol
+            X, y, k, wd, rc.max_iter, rc.tol, rc.max_seconds, _progress(dataset, rc)
         )
     }
     # C null means no penalty (weight_decay 0).
@@ -95,11 +106,11 @@ def run(args, params) -> None:
     from linflow import reference
     from linflow.core import tracking
     from linflow.core.artifacts import ReferenceDoc
-    from linflow.core.errors import ConfigError, DataError
+    from linflow.core.errors import DataError
     from linflow.core.storage import file_md5, write_json
 
     wd, n, rc = cfg.weight_decay, X.shape[0], params.reference
-    todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc)
+    todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc, args.dataset)
     fits: dict[str, reference.ReferenceFit] = {}
     seconds: dict[str, float] = {}
     with reference_threads(rc.threads):
@@ -113,17 +124,20 @@ def run(args, params) -> None:
     primary = next(iter(fits))
     for name, f in fits.items():
         if not f.converged:
+            bound = {"max_iter": f"reference.max_iter={rc.max_iter}"}.get(
+                f.stopped_by, f"reference.max_seconds={rc.max_seconds:g}"
+            )
             hint = (
-                "; with weight_decay 0 separable classes have no finite optimum, "
-                f"set train.{ds.task}.weight_decay > 0"
+                "with weight_decay 0, separable classes have no finite optimum (the loss "
+                "only approaches 0); any weight_decay > 0 has one"
                 if wd == 0
-                else ""
+                else "raise the bound for a closer reference"
             )
-            raise ConfigError(
-                f"params.yaml: reference.max_iter={rc.max_iter} is too few: "
-                f"{name} did not converge to reference.tol={rc.tol:g} on "
-                f"{args.dataset}; raise reference.max_iter{hint}"
-            )
+            log.warning(
+                "reference %s: %s did NOT converge to reference.tol=%g: stopped by %s after "
+                "%d iterations; its numbers are where lbfgs stopped, not the optimum; %s",
+                args.dataset, name, rc.tol, bound, f.n_iter, hint,
+            )  # fmt: skip
     refs = {}
     for name, f in fits.items():
         train_loss, train_objective = reference.objective(X, y, f.weight, f.bias, cfg.loss, wd)
@@ -138,6 +152,8 @@ def run(args, params) -> None:
         }
         if f.n_iter is not None:
             refs[name]["n_iter"] = f.n_iter
+        if not f.converged:  # (converged fits keep today's bytes)
+            refs[name].update(converged=False, stopped_by=f.stopped_by)
     doc = ReferenceDoc(
         dataset=args.dataset,
         task=ds.task,
