@@ -16,7 +16,10 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing linflow and its $$(grep -c '==' constraints.txt) pinned packages into $(VENV) (2-3 min the first time) ..."
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# pip's own lines (one per package) and a heartbeat every 10 s while it unpacks
+	@( while sleep 10; do echo "  ... still installing"; done ) & beat=$$!; \
+	  $(PY) -m pip install --disable-pip-version-check --progress-bar off \
+	    -c constraints.txt -e '.[dev]'; status=$$?; kill $$beat; exit $$status
 	touch $@
 
 setup: $(VENV)/.installed ## create .venv and install linflow with pinned dependencies

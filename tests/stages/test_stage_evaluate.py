@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from linflow.core.errors import DataError, TaskMismatchError
@@ -45,9 +46,17 @@ def test_digits_metrics_have_per_class_accuracy_and_class_names(digits_run):
     assert list(per_class) == [str(c) for c in range(10)]
     assert all(0 <= v <= 1 for v in per_class.values())
     rows = (digits_run.reports / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) == 1 + 269
-    hits = sum(a == p for a, p in (r.split(",") for r in rows[1:]))
+    assert rows[0] == "actual,predicted," + ",".join(f"p_{c}" for c in range(10))
+    assert len(rows) == 1 + 269
+    cells = [r.split(",") for r in rows[1:]]
+    hits = sum(c[0] == c[1] for c in cells)
     assert hits / 269 == pytest.approx(test["accuracy"])
+    probs = np.array([[float(q) for q in c[2:]] for c in cells])  # (269, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [str(i) for i in probs.argmax(axis=1)] == [c[1] for c in cells]  # picked = likeliest
+    # the mean log-probability of the true class is the test cross-entropy
+    true = probs[np.arange(269), [int(c[0]) for c in cells]]
+    assert -np.log(true).mean() == pytest.approx(test["cross_entropy"], rel=1e-4)
 
 
 def test_the_test_metrics_go_to_the_training_run(line_run, mlflow_client):

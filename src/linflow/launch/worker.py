@@ -10,9 +10,12 @@ runs ``linflow.cli.main`` exactly as the process would have. The child imports
 linflow itself fresh from disk, so edited code is always what runs; only
 third-party modules are preloaded. Outputs are byte-identical either way (tested).
 
-- The first stage starts the worker in the background and runs locally. The worker
-  imports in three groups (what prepare needs, torch, mlflow + matplotlib) and
-  serves after each, so stages never wait for it (see serve()).
+- The second stage of a run (of one parent process: one `dvc repro`) starts the
+  worker in the background and runs locally; the first only notes its parent, so a
+  repro of one stage starts no worker that would run nothing. The worker imports
+  in three groups (what prepare needs, torch, mlflow + matplotlib) and serves after
+  each, so stages never wait for it (see serve()). It removes its log when it
+  exits, unless the log recorded a problem.
 - Ctrl-C, SIGTERM and SIGHUP sent to the client are forwarded to the child (a run
   ends KILLED as usual); if the client dies, the child gets SIGTERM. The client
   exits with the child's status, re-raising its signal if it died of one.
@@ -173,7 +176,8 @@ def run(argv: list[str]) -> int | None:
         sock.connect(sock_path)
     except OSError:
         sock.close()
-        _start_worker(lock_path, log_path)
+        if _second_stage(sock_path):
+            _start_worker(lock_path, log_path)
         return None
     request = json.dumps(
         {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path}
@@ -209,6 +213,26 @@ def run(argv: list[str]) -> int | None:
         os.kill(os.getpid(), -code)
         return 128 - code
     return code
+
+
+def _second_stage(sock_path: str) -> bool:
+    """Whether this is at least the second stage its parent (one `dvc repro`) starts.
+
+    The first stage of a run only notes its parent: a `dvc repro` that runs one
+    stage (after editing one param, say) would leave a worker that imported
+    everything and ran nothing. From the second stage on, a worker is worth it.
+    """
+    note = sock_path.removesuffix(".sock") + ".first"
+    parent = str(os.getppid())
+    with contextlib.suppress(OSError):
+        with open(note) as fh:
+            if fh.read() == parent:
+                return True
+    with contextlib.suppress(OSError):
+        fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(parent)
+    return False
 
 
 def _start_worker(lock_path: str, log_path: str) -> None:
@@ -256,7 +280,7 @@ def serve() -> None:
     paths = _paths()
     if paths is None:
         return
-    sock_path, lock_path, _ = paths
+    sock_path, lock_path, log_path = paths
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -295,6 +319,7 @@ def serve() -> None:
         )
         if i == len(GROUPS) - 1:
             _serve_loop(listener, sock_path, ino, lock_fd)
+            _drop_log(log_path)
             return
         previous = os.fork()
         if previous == 0:
@@ -303,6 +328,18 @@ def serve() -> None:
             finally:
                 os._exit(0)
         listener.close()
+
+
+def _drop_log(log_path: str) -> None:
+    """The last server leaves: its log goes too, unless it recorded a problem
+    (a refused request, a failed import), which stays for the user to read."""
+    with contextlib.suppress(OSError):
+        with open(log_path) as fh:
+            text = fh.read()
+        if "refused" not in text and "Error" not in text:
+            os.unlink(log_path)
+        with contextlib.suppress(OSError):
+            os.unlink(log_path.removesuffix(".log") + ".first")
 
 
 def _quiet_exit() -> None:

@@ -52,18 +52,26 @@ def run(args, params) -> None:
         y_hat = out[:, 0]
         scalars = metrics.regression_metrics(y, y_hat)
         rows = list(zip(y.tolist(), y_hat.tolist(), strict=True))
+        header = ["actual", "predicted"]
         plots.prediction_scatter(y, y_hat, reports / "predictions.png", title)
     else:
         res = metrics.classification_metrics(y, out)
         names = card.class_names
         y_pred = out.argmax(axis=1)
-        rows = [[names[a], names[p]] for a, p in zip(y.tolist(), y_pred.tolist(), strict=True)]
+        # Each test row's class probabilities too (softmax of the logits, 6 digits):
+        # what the model believes, not only what it picked.
+        probs = np.exp(metrics.log_softmax(out.astype(np.float64)))  # (n, k)
+        rows = [
+            [names[a], names[p], *(f"{q:.6g}" for q in row)]
+            for a, p, row in zip(y.tolist(), y_pred.tolist(), probs, strict=True)
+        ]
+        header = ["actual", "predicted", *(f"p_{n}" for n in names)]
         plots.confusion_png(
             np.array(res["confusion_matrix"]), names, reports / "predictions.png", title
         )
         scalars = {"accuracy": res["accuracy"], "cross_entropy": res["cross_entropy"]}
         per_class = dict(zip(names, res["per_class_accuracy"], strict=True))
-    write_csv(reports / "predictions.csv", ["actual", "predicted"], rows)
+    write_csv(reports / "predictions.csv", header, rows)
     doc = TestMetrics(args.dataset, card.task, int(y.shape[0]), card.n_params, scalars, per_class)
     write_json(reports / "evaluation.json", doc.evaluation_json())
     write_json(reports / "metrics.json", doc.metrics_json())

@@ -47,6 +47,29 @@ def reference_threads(n: int) -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def _heartbeat(dataset: str, name: str, every: float = 10.0):
+    """A line every `every` seconds while a fit runs (Fashion-MNIST's takes ~15 s in
+    one lbfgs call, which reports nothing until it returns)."""
+    import threading
+
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every):
+            log.info("reference %s: fitting %s, %.0f s so far", dataset, name,
+                     time.perf_counter() - start)  # fmt: skip
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _progress(dataset: str, rc):
     def report(iterations: int, seconds: float) -> None:
         log.info(
@@ -117,7 +140,8 @@ def run(args, params) -> None:
         for name, fit_ref in todo.items():
             t0 = time.perf_counter()
             try:
-                fits[name] = fit_ref()
+                with _heartbeat(args.dataset, name):
+                    fits[name] = fit_ref()
             except ValueError as exc:
                 raise DataError(f"{data}/train.npz: {name}: {exc}") from None
             seconds[name] = time.perf_counter() - t0

@@ -72,6 +72,31 @@ def _lr_bound(X, cfg, task: str, dataset: str, derived: dict) -> float | None:
     return bound
 
 
+PROGRESS_S = 5.0  # a progress line at most this often (and after the first epoch)
+
+
+def _with_progress(log_epoch, dataset: str, epochs: int):
+    """log_epoch, plus a progress line to the console every PROGRESS_S seconds: a
+    Fashion-MNIST training of 30 epochs is never silent for long, while the
+    thousands of sub-millisecond epochs of a full-batch run print a few lines."""
+    start = last = time.perf_counter()
+
+    def on_epoch(row) -> None:
+        nonlocal last
+        log_epoch(row)
+        now = time.perf_counter()
+        if row["epoch"] == 1 or now - last >= PROGRESS_S:
+            last = now
+            metric = next(k for k in row if k.startswith("val_") and k != "val_loss")
+            log.info(
+                "train %s: epoch %d/%d, %.0f s, train_loss %.5g, val_loss %.5g, %s %.4g",
+                dataset, row["epoch"], epochs, now - start, row["train_loss"],
+                row["val_loss"], metric, row[metric],
+            )  # fmt: skip
+
+    return on_epoch
+
+
 def run(args, params) -> None:
     from linflow.core.artifacts import check_task, load_split
 
@@ -143,7 +168,7 @@ def run(args, params) -> None:
         t0 = time.perf_counter()
         result = fit(
             engine, Xt, yt, Xv, yv, cfg,
-            on_epoch=run.log_epoch,
+            on_epoch=_with_progress(run.log_epoch, args.dataset, cfg.epochs),
             lr_bound=lr_bound,
             record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
         )  # fmt: skip
