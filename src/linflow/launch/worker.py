@@ -224,10 +224,9 @@ def _second_stage(sock_path: str) -> bool:
     """
     note = sock_path.removesuffix(".sock") + ".first"
     parent = str(os.getppid())
-    with contextlib.suppress(OSError):
-        with open(note) as fh:
-            if fh.read() == parent:
-                return True
+    with contextlib.suppress(OSError), open(note) as fh:
+        if fh.read() == parent:
+            return True
     with contextlib.suppress(OSError):
         fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
