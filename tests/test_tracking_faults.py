@@ -239,3 +239,57 @@ def test_a_create_retried_against_a_slow_server_leaves_one_run(tmp_path, line):
             proxy.shutdown()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def test_a_stage_whose_dvc_is_killed_stops_instead_of_training_on(tmp_path, line, base_params):
+    """kill -9 of `dvc` (here a stand-in parent process) mid-stage: the stage gets
+    SIGTERM (parent-death signal), ends its run KILLED and writes nothing."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    p = copy.deepcopy(base_params)
+    p["train"]["regression"].update(epochs=10**7, batch_size=1)
+    params = tmp_path / "long.yaml"
+    params.write_text(yaml.safe_dump(p))
+    argv = [*LINFLOW, "--params", str(params), "train", "line", "--data", str(line)]
+    argv += ["--model", str(tmp_path / "m"), "--reports", str(tmp_path / "r")]
+    env = dict(os.environ, LINFLOW_PRELOAD="0", MLFLOW_TRACKING_URI=uri, DVC_STAGE="train@line")
+    code = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen({argv!r})\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    dvc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    stage = int(dvc.stdout.readline())
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        _, runs = _all_runs(uri)
+        if runs and runs[0].data.metrics:
+            break
+        time.sleep(0.3)
+    else:
+        os.kill(stage, signal.SIGKILL)
+        dvc.kill()
+        pytest.fail("training never started logging")
+    dvc.send_signal(signal.SIGKILL)
+    dvc.wait(30)
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(stage):
+        time.sleep(0.2)
+    assert not _alive(stage)
+    (run,) = _all_runs(uri)[1]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["linflow.failure"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert not (tmp_path / "m").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
