@@ -75,7 +75,7 @@ UI_PORT ?= 5000
 ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000 (UI_PORT=5001 for another port)
 	@$(PY) -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { echo "make ui: port $(UI_PORT) on 127.0.0.1 is in use; stop what holds it or pick another: make ui UI_PORT=5001" >&2; exit 1; }
-	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT) (Ctrl-C stops it)"
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (the training runs view; Ctrl-C stops it)"
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
 		--default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)
 

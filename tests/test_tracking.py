@@ -237,3 +237,34 @@ def test_retraining_to_the_same_weights_copies_test_results(tmp_path, prepared, 
     newest = max(_runs("line_same"), key=lambda r: r.info.start_time)
     assert "linflow.results_from" not in newest.data.tags
     assert not any(k.startswith("test_") for k in newest.data.metrics)
+
+
+def test_runs_are_named_after_what_differs_from_the_committed_params(tmp_path, base_params):
+    """dvc exp run -S train.classification.lr=0.4 -> run 'digits lr=0.4', tag linflow.changed;
+    a dataset whose own overrides win (fashion_mnist sets lr and weight decay) changes nothing."""
+    from linflow.core import tracking
+    from linflow.core.config import load_params
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(base_params))
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "base"]):
+        subprocess.run(["git", *argv], cwd=tmp_path, check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})  # fmt: skip
+    p = yaml.safe_load(path.read_text())
+    p["train"]["classification"].update(lr=0.4, weight_decay=0.002)
+    path.write_text(yaml.safe_dump(p))
+    params = load_params(path)
+
+    def changed(ds: str) -> dict:
+        flat = tracking.flatten(tracking.run_view(params, ds))
+        return tracking.changed_from_committed(path, ds, flat)
+
+    assert changed("digits") == {"train.lr": "0.4", "train.weight_decay": "0.002"}
+    assert tracking.run_name("digits", "torch", changed("digits")) == (
+        "digits lr=0.4 weight_decay=0.002"
+    )
+    assert changed("fashion_mnist") == {}  # its own lr and weight decay win
+    assert changed("line") == {} and tracking.run_name("line", "torch", {}) == "line-torch"
+    assert "None" not in tracking.flatten(tracking.run_view(params, "digits")).values()

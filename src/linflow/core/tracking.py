@@ -204,8 +204,60 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
+    elif value is not None:  # a knob that does not apply (an unset override) is not a param
         out[prefix] = str(value)
+
+
+def changed_from_committed(params_path: str | Path, dataset: str, current: Mapping) -> dict:
+    """What differs, for `dataset`, between `current` (flat, as logged) and the same
+    view of the params file committed at HEAD: {key: value now}. {} when there is
+    no committed version (or it no longer parses). A `dvc exp run -S ...` thus
+    names its runs after what it changed (digits lr=0.4), not a random word pair.
+    """
+    from linflow.core.config import parse_params
+
+    path = Path(params_path).resolve()
+    root = repo_root(path.parent)
+    try:
+        rel = path.relative_to(root)
+        res = subprocess.run(
+            ["git", "show", f"HEAD:{rel.as_posix()}"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if res.returncode != 0:
+            return {}
+        import yaml
+
+        before = parse_params(yaml.safe_load(res.stdout), str(rel))
+        old = flatten(run_view(before, dataset))
+    except Exception:  # no git, not committed, an older schema: nothing to name
+        return {}
+    return {k: v for k, v in current.items() if old.get(k) != v}
+
+
+def run_view(params, dataset: str) -> dict:
+    """The params of one dataset's training run, as logged (nested, flattened later)."""
+    ds = params.dataset(dataset)
+    cfg = params.train_config(dataset)
+    return {
+        "seed": params.seed,
+        "data": ds.model_dump(),
+        "split": params.split.model_dump(),
+        "train": {
+            "threads": params.train.threads,
+            "device": params.train.device,
+            **cfg.model_dump(),
+        },
+    }
+
+
+def run_name(dataset: str, impl: str, changed: Mapping[str, str]) -> str:
+    """'digits lr=0.4 batch_size=8' for a run whose params differ from the committed
+    ones (the last part of each key), else 'digits-torch'."""
+    if not changed:
+        return f"{dataset}-{impl}"
+    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(changed.items())]
+    return " ".join([dataset, *parts])[:250]
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, str]:

@@ -10,7 +10,6 @@ trajectory) and ``reports/<ds>/history.csv`` + ``loss_curve.png``. The maths is
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -138,21 +137,16 @@ def run(args, params) -> None:
     engine = make_engine(cfg.impl, ds.task, d, len(class_names), cfg, device=device)
 
     weights_path = model_dir / "model.safetensors"
-    run_params = {
-        "dataset": args.dataset,
-        "task": ds.task,
-        "seed": params.seed,
-        "data": ds.model_dump(),
-        "split": params.split.model_dump(),
-        "train": {
-            "threads": params.train.threads,
-            "device": params.train.device,
-            **cfg.model_dump(),
-        },
-        "derived": derived,
-    }
-    exp = os.environ.get("DVC_EXP_NAME")
-    run_name = f"{args.dataset}-{cfg.impl}" + (f"-{exp}" if exp else "")
+    view = tracking.run_view(params, args.dataset)
+    run_params = {"dataset": args.dataset, "task": ds.task, **view, "derived": derived}
+    # Named after what differs from the committed params (digits lr=0.4), and tagged so.
+    source = getattr(args, "params", None)  # the params file (cli's --params)
+    changed = (
+        tracking.changed_from_committed(source, args.dataset, tracking.flatten(view))
+        if source
+        else {}
+    )
+    run_name = tracking.run_name(args.dataset, cfg.impl, changed)
     tags = {
         "linflow.dataset": args.dataset,
         tracking.KIND_TAG: "training",
@@ -164,6 +158,8 @@ def run(args, params) -> None:
         "sklearn.version": tracking.version("scikit-learn"),
         "mlflow.version": tracking.version("mlflow"),
     }
+    if changed:
+        tags["linflow.changed"] = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
     with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
         t0 = time.perf_counter()
         result = fit(
