@@ -64,7 +64,8 @@ def _deps(stage: str) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    "stage", ["validate", "prepare", "split", "train", "evaluate", "reference", "compare", "report"]
+    "stage",
+    ["validate", "prepare", "split", "train", "evaluate", "reference", "compare", "report", "gd"],
 )
 def test_every_module_a_stage_imports_is_a_dependency(stage):
     deps = _deps(stage)

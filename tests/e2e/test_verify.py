@@ -20,6 +20,7 @@ from .helpers import clone_reproduced, pipeline_env, run
 pytestmark = pytest.mark.slow
 
 LINE_OUTPUTS = [
+    ("reports/params.valid", "validate"),
     ("data/raw/line.npz", "prepare@line"),
     ("data/prepared/line", "split@line"),
     ("models/line", "train@line"),
@@ -88,7 +89,7 @@ def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
     got = rows(stdout)
     for path, stage in LINE_OUTPUTS:
         assert got[(path, stage)] == ["bit-identical"], (path, stdout)
-    assert stdout.strip().endswith("verify OK: 9 outputs; 9 bit-identical")
+    assert stdout.strip().endswith("verify OK: 10 outputs; 10 bit-identical")
     for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
         assert f"Running stage '{stage}'" in stderr  # forced: each really ran
     assert git(repo, "status", "--porcelain", "reports") == ""
@@ -194,7 +195,7 @@ def test_a_one_line_change_to_the_maths_fails_naming_the_file_even_as_another_cp
     res = run(["linflow", "verify", "train@line"], repo, pipeline_env(**OTHER_CPU), check=False)
 
     assert res.returncode == 1
-    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("src/linflow/training/loop.py")]
+    (stale,) = [ln for ln in differs(res.stdout) if ln.startswith("src/linflow/training ")]
     assert "train@line" in stale and "stale lock" in stale
 
 

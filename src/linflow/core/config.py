@@ -303,6 +303,22 @@ class VerifyTolerance(_Strict):
     weights: NonNegFloat = 1.0e-4
 
 
+class GDConfig(_Strict):
+    """linflow gd: gradient descent on the course's plain functions, one run per lr."""
+
+    functions: Annotated[
+        list[Literal["2x^2", "x^2+y^2+z^2"]],
+        _allowed("a non-empty list of '2x^2', 'x^2+y^2+z^2'", min_length=1),
+    ] = ["2x^2", "x^2+y^2+z^2"]
+    # Step sizes tried on each function; 2/lambda_max is 0.5 for 2x^2 and 1.0 for
+    # x^2+y^2+z^2: the defaults converge, crawl and diverge.
+    lrs: Annotated[
+        list[PosFloat], _allowed("a non-empty list of finite floats > 0", min_length=1)
+    ] = [0.05, 0.2, 0.45, 0.55, 1.05]
+    steps: Annotated[int, _allowed("an integer in [1, 1000]", ge=1, le=1000)] = 20
+    start: Annotated[float, _allowed("a finite float", allow_inf_nan=False)] = 1.0
+
+
 class VerifySection(_Strict):
     """What `linflow verify` accepts when a re-run differs from the committed results."""
 
@@ -324,6 +340,7 @@ class Params(_Strict):
     reference: ReferenceConfig = ReferenceConfig()
     compare: CompareConfig = CompareConfig()
     verify: VerifySection = VerifySection()
+    gd: GDConfig = GDConfig()
 
     @model_validator(mode="after")
     def _names(self) -> Params:

@@ -15,7 +15,17 @@ from types import ModuleType
 
 __all__ = ["PIPELINE", "COMMANDS", "DESCRIPTIONS", "load"]
 
-PIPELINE = ("validate", "prepare", "split", "train", "evaluate", "reference", "compare", "report")
+PIPELINE = (
+    "validate",
+    "prepare",
+    "split",
+    "train",
+    "evaluate",
+    "reference",
+    "compare",
+    "report",
+    "gd",
+)
 COMMANDS = ("verify", "portability")
 
 # One line each: `linflow --help` lists them without importing a stage.
@@ -28,6 +38,7 @@ DESCRIPTIONS = {
     "reference": "fit the closed-form / classical references on the same train split",
     "compare": "gaps between the trained model and the reference; the gate",
     "report": "reports/summary.md over all datasets and the numeric platform",
+    "gd": "gradient descent on 2x^2 and x^2+y^2+z^2 at several step sizes (numpy and autograd)",
     "verify": "re-run the pipeline (dvc repro -f) and judge it against the committed results",
     "portability": "run verify as other CPUs would (emulated kernel variants); print the spreads",
 }
