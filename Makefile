@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run test test-fast test-lessons verify portability lint format ui bench clean
+.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -51,14 +51,14 @@ fashion-data: ## install the Debian package dataset-fashion-mnist when possible
 run: setup fashion-data ## set up .venv, then run the default pipeline (dvc repro)
 	dvc repro
 
-test: setup fashion-data ## run the full test suite (unit + end-to-end pipeline; not the lessons)
-	$(PY) -m pytest -m "not lessons"
+test: setup fashion-data ## the test suite: unit + end-to-end pipeline (~10 min); not the ci-marked ones
+	$(PY) -m pytest -m "not ci"
 
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 	$(PY) -m pytest -m "not slow"
 
-test-lessons: setup fashion-data ## run every command of docs/lessons.md as dvc exp run (~3 min)
-	$(PY) -m pytest -m lessons
+test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md (~7 min)
+	$(PY) -m pytest -m ci
 
 verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
 	linflow verify

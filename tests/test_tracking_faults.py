@@ -198,7 +198,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.ci  # a real mlflow server: make test-ci
 def test_a_create_retried_against_a_slow_server_leaves_one_run(tmp_path, line):
     port = _free_port()
     server = subprocess.Popen(

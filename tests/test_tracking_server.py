@@ -22,6 +22,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+pytestmark = pytest.mark.ci  # a real mlflow server (~40 s): make test-ci and CI
+
+
 @pytest.fixture
 def server(tmp_path):
     port = _free_port()

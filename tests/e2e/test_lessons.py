@@ -2,8 +2,8 @@
 the reproduced repo: `dvc exp run -S ...` completes (or fails exactly as the page
 says it does, where the lesson is a failure), and prints what the page says it does.
 
-Marked `lessons`: ~2-4 minutes of experiments, run by `make test-lessons` and CI,
-not by `make test` (which must stay under 10 minutes here)."""
+Marked `ci`: ~5 minutes of experiments, run by `make test-ci` and CI, not by
+`make test` (which must stay under 10 minutes here)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from .helpers import ROOT, clone_reproduced, pipeline_env, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.lessons]
+pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
 PAGE = ROOT / "docs" / "lessons.md"
 

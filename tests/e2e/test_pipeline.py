@@ -244,6 +244,7 @@ def test_d2l_softmax_settings_on_fashion_mnist_reach_d2l_accuracy(repo, impl):
     assert accuracy >= 0.82, accuracy
 
 
+@pytest.mark.ci  # the same command as docs/lessons.md's minibatch lesson: make test-ci
 def test_a_learners_far_from_optimum_experiment_completes_and_says_why(repo):
     """d2l 3.2's settings (lr 0.03, batch 10, 3 epochs) land far from the closed form:
     the experiment completes, shows the gaps and says why; only make verify fails on it."""
