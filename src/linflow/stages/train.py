@@ -174,9 +174,11 @@ def run(args, params) -> None:
         per_epoch = float(np.median(result.seconds_per_epoch))
         log.info(
             "train %s: %d epochs in %.2f s (%.4f s/epoch median), best epoch %d, "
-            "train_loss %.5g, val_loss %.5g, %s %.5g",
+            "train_loss %.5g, val_loss %.5g, %s %.5g%s",
             args.dataset, result.epochs_run, seconds, per_epoch, result.best_epoch,
             last["train_loss"], last["val_loss"], metric, last[metric],
+            f"; stopped early: no better val_loss for {cfg.patience} epochs, best weights kept"
+            if result.stopped_early else "",
         )  # fmt: skip
         card = ModelCard(
             dataset=args.dataset,
