@@ -50,6 +50,19 @@ def _train(line: Path, out: Path, uri: str, params: Path | None = None, **popen)
     )
 
 
+def _wait_for_logging(uri: str, *pids: int) -> None:
+    """Until the store's one run has metrics (training is under way); else kill `pids`."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        _, runs = _all_runs(uri)
+        if runs and runs[0].data.metrics:
+            return
+        time.sleep(0.3)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    pytest.fail("training never started logging")
+
+
 def _all_runs(uri: str):
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
@@ -96,15 +109,7 @@ def test_a_run_whose_process_was_killed_is_reconciled_by_the_next_run(tmp_path, 
     params = tmp_path / "long.yaml"
     params.write_text(yaml.safe_dump(p))
     victim = _train(line, tmp_path / "a", uri, params)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        _, runs = _all_runs(uri)
-        if runs and runs[0].data.metrics:
-            break
-        time.sleep(0.3)
-    else:
-        victim.kill()
-        pytest.fail("training never started logging")
+    _wait_for_logging(uri, victim.pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
     (run,) = _all_runs(uri)[1]
@@ -262,16 +267,7 @@ def test_a_stage_whose_dvc_is_killed_stops_instead_of_training_on(tmp_path, line
         [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     stage = int(dvc.stdout.readline())
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        _, runs = _all_runs(uri)
-        if runs and runs[0].data.metrics:
-            break
-        time.sleep(0.3)
-    else:
-        os.kill(stage, signal.SIGKILL)
-        dvc.kill()
-        pytest.fail("training never started logging")
+    _wait_for_logging(uri, stage, dvc.pid)
     dvc.send_signal(signal.SIGKILL)
     dvc.wait(30)
     deadline = time.time() + 30
@@ -293,3 +289,41 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_closing_a_run_waits_out_a_locked_database(tmp_path, monkeypatch, caplog):
+    """Another process holds the store's write lock (6.5 s) while a run is being closed:
+    the close waits it out and the run ends KILLED, not RUNNING. (MLflow's sqlite store
+    itself waits: a 20 s lock was waited out too; linflow's retries in _end are for a
+    store that gives up, and reconcile() for one that stays locked.)"""
+    import sqlite3
+    import threading
+
+    from linflow.core import tracking
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    run = tracking.TrainingRun("locked", "locked-torch", {"a": 1}, {}).__enter__()
+    released = threading.Event()
+
+    def hold_lock() -> None:
+        con = sqlite3.connect(db)
+        con.execute("BEGIN EXCLUSIVE")
+        released.wait(6.5)  # longer than pysqlite's default busy timeout (5 s)
+        con.rollback()
+        con.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    time.sleep(0.3)
+    try:
+        with caplog.at_level("WARNING"):
+            run._end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+    finally:
+        released.set()
+        holder.join()
+    from mlflow import MlflowClient
+
+    got = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run.run_id)
+    assert got.info.status == "KILLED"
+    assert not [r for r in caplog.records if "could not mark" in r.getMessage()]

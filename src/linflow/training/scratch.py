@@ -70,6 +70,13 @@ def sgd_step(W, b, dW, db, lr: float, weight_decay: float) -> None:
     b.sub_(db, alpha=lr)
 
 
+def _residual_grad(r: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(data loss, n * dL/dZ) of the residuals r = y_hat - y; r is overwritten."""
+    if loss == "mse":
+        return (r * r).mean(), r.mul_(2.0)
+    return r.abs().mean(), r.sign_()
+
+
 class ScratchEngine:
     """The training engine for impl: scratch (same interface as TorchEngine)."""
 
@@ -120,13 +127,7 @@ class ScratchEngine:
             Gt = logp.exp_()  # softmax p, in place
             Gt.scatter_add_(0, yy, self._minus_ones(n, Gt.dtype))  # p - onehot(y)
         else:
-            r = Zt - y.view(1, -1)  # (1, n)
-            if self.loss == "mse":
-                value = (r * r).mean()
-                Gt = r.mul_(2.0)
-            else:
-                value = r.abs().mean()
-                Gt = r.sign_()
+            value, Gt = _residual_grad(Zt - y.view(1, -1), self.loss)  # (1, n)
         if self.momentum:
             self._momentum_step(Gt @ X / n, Gt.sum(dim=1) / n)
             return value
@@ -156,13 +157,7 @@ class ScratchEngine:
             G = logp.exp_()
             G.add_(self._classes(G.shape[1]) == yy, alpha=-1.0)  # p - onehot(y)
         else:
-            r = Z - y.view(-1, 1)  # (n, 1)
-            if self.loss == "mse":
-                value = (r * r).mean()
-                G = r.mul_(2.0)
-            else:
-                value = r.abs().mean()
-                G = r.sign_()
+            value, G = _residual_grad(Z - y.view(-1, 1), self.loss)  # (n, 1)
         G.mul_(self.lr)
         Gt = G.T.contiguous()  # (k, n): G^T X then takes 4.7 us, not 10.4 (H200)
         if self.weight_decay:
