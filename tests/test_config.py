@@ -152,7 +152,7 @@ def test_cli_exits_nonzero_with_one_line_and_writes_nothing(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("section", ["split", "reference", "compare", "verify"])
+@pytest.mark.parametrize("section", ["split", "reference", "compare", "verify", "gd"])
 def test_code_defaults_equal_params_yaml(base_params, section):
     """A params file without the section behaves as the committed params.yaml documents."""
     full = parse_params(base_params)
