@@ -182,6 +182,7 @@ def _long_training(tmp_path: Path, digits: Path, alias: str, env: dict) -> subpr
     params.write_text(yaml.safe_dump(p))
     argv = ["--params", str(params), "train", alias, "--data", str(digits)]
     argv += ["--model", str(tmp_path / "m"), "--reports", str(tmp_path / "r")]
+    _runs(alias)  # the store exists (migrated) before the stage and our polls meet it
     proc = subprocess.Popen([*LINFLOW, *argv], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -298,7 +299,7 @@ def test_a_killed_worker_takes_its_stage_with_it(tmp_path, digits):
         time.sleep(0.2)
     assert not _alive(stage)
     (run,) = _runs("digits_worker_kill")[1]
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED", stderr
     assert run.data.tags["linflow.failure"] == "interrupted (Ctrl-C or SIGTERM)"
     time.sleep(2)  # the old behaviour wrote the model seconds later
     assert not (tmp_path / "m").exists()

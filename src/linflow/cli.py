@@ -83,8 +83,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _on_sigterm(signum, frame):
+    """The first SIGTERM stops the stage like Ctrl-C; later ones are ignored, so they
+    cannot cut short the close that marks its MLflow run KILLED. (A stage forked by the
+    multi-threaded warm worker gets its parent-death signal once per exiting worker
+    thread: seen as a second SIGTERM inside the close, leaving the run RUNNING.)"""
     from linflow.core.errors import Interrupted
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Interrupted()
 
 
