@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linflow.core.config import FashionMnistSource
+from linflow.core.config import FashionMnistData
 from linflow.core.storage import DataError
 from linflow.datasets import fashion_mnist as fm
 
@@ -154,9 +154,7 @@ def contents(monkeypatch, tmp_path):
 
 
 def cfg(root: Path, mirror_url: str = "http://127.0.0.1:9/", download: bool = False):
-    return FashionMnistSource(
-        source="fashion_mnist",
-        task="classification",
+    return FashionMnistData(
         root=str(root),
         mirror=mirror_url,
         download=download,

@@ -52,7 +52,7 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path, make_params, run_s
 
 
 def test_rows_and_noise_follow_the_dataset_params(tmp_path, make_params, run_stage):
-    params = make_params({"datasets.line.n": 30, "datasets.line.noise": 0.0})
+    params = make_params({"datasets.line.data.n": 30, "datasets.line.data.noise": 0.0})
     run_stage("prepare", params, "line", "--out", tmp_path / "raw.npz")
     raw = load_npz(tmp_path / "raw.npz")
     assert raw["X"].shape == (30, 1)

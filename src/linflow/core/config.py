@@ -76,9 +76,16 @@ class _Strict(BaseModel):
 
 
 class TrainOverrides(_Strict):
-    """Per-dataset overrides of train.<task> (e.g. Fashion-MNIST's larger batches)."""
+    """Per-dataset overrides of train.<task> (e.g. Fashion-MNIST's larger batches).
+
+    params.yaml lists every key (null: train.<task>'s value), so each is one
+    ``dvc exp run -S datasets.<ds>.train.<key>=...`` away, no ``++`` needed."""
 
     impl: Literal["torch", "scratch"] | None = _allowed("one of 'torch', 'scratch'", default=None)
+    # checked against the dataset's task in Params (mse/mae or cross_entropy)
+    loss: Literal["mse", "mae", "cross_entropy"] | None = _allowed(
+        "one of 'mse', 'mae' (regression) or 'cross_entropy' (classification)", default=None
+    )
     lr: PosFloat | None = None
     batch_size: BatchSize | None = None
     epochs: PosInt | None = None
@@ -94,71 +101,99 @@ class TrainOverrides(_Strict):
 # --- datasets -----------------------------------------------------------------
 
 
-class LineSource(_Strict):
+class LineData(_Strict):
     """y = slope * x + intercept + N(0, noise^2), x uniform in [x_min, x_max]."""
 
-    source: Literal["line"]
-    task: Literal["regression"] = _allowed("'regression' for source line")
     n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 100
     slope: FiniteFloat = 3.0
     intercept: FiniteFloat = 1.0
     noise: NonNegFloat = 0.1
     x_min: FiniteFloat = -1.0
     x_max: FiniteFloat = 1.0
-    standardize: bool = False
-    train: TrainOverrides = TrainOverrides()
 
     @model_validator(mode="after")
-    def _range(self) -> LineSource:
+    def _range(self) -> LineData:
         if not self.x_min < self.x_max:
             raise ValueError(f"x_min must be < x_max, got x_min={self.x_min}, x_max={self.x_max}")
         return self
 
 
-class SyntheticSource(_Strict):
+class SyntheticData(_Strict):
     """d2l's synthetic_data: X ~ N(0, 1), y = X w + b + N(0, noise^2)."""
 
-    source: Literal["synthetic"]
-    task: Literal["regression"] = _allowed("'regression' for source synthetic")
     n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 1000
     w: Annotated[list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)]
     b: FiniteFloat = 4.2
     noise: NonNegFloat = 0.01
-    standardize: bool = False
-    train: TrainOverrides = TrainOverrides()
 
 
-class DiabetesSource(_Strict):
-    """scikit-learn's bundled diabetes regression set (442 x 10)."""
-
-    source: Literal["diabetes"]
-    task: Literal["regression"] = _allowed("'regression' for source diabetes")
-    standardize: bool = True
-    train: TrainOverrides = TrainOverrides()
+class NoData(_Strict):
+    """A bundled set: nothing to choose (``data: {}``)."""
 
 
-class DigitsSource(_Strict):
-    """scikit-learn's bundled 8x8 digits (1797 x 64, 10 classes), pixels in [0, 1]."""
-
-    source: Literal["digits"]
-    task: Literal["classification"] = _allowed("'classification' for source digits")
-    standardize: bool = True
-    train: TrainOverrides = TrainOverrides()
-
-
-class FashionMnistSource(_Strict):
-    """Fashion-MNIST (60000 + 10000 images of 28x28, 10 classes)."""
-
-    source: Literal["fashion_mnist"]
-    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist")
+class FashionMnistData(_Strict):
     # Where a torchvision-layout cache (<root>/FashionMNIST/raw) is looked for
     # and downloads are kept; relative paths are relative to the repo root.
     # LINFLOW_DATA_ROOT overrides it.
     root: str = "data/cache"
     mirror: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     download: bool = True
+
+
+class SplitOverrides(_Strict):
+    """Per-dataset split fractions; null keeps the top-level ``split`` value."""
+
+    train: Fraction | None = None
+    val: Fraction | None = None
+    test: Fraction | None = None
+
+
+class _Dataset(_Strict):
+    """What every dataset has besides its source and task: prepare reads ``data``,
+    split ``standardize`` and ``split``, train ``train`` -- three separate keys, so a
+    training knob never re-runs prepare (dvc.yaml lists each stage's keys)."""
+
     standardize: bool = False
+    split: SplitOverrides = SplitOverrides()
     train: TrainOverrides = TrainOverrides()
+
+
+class LineSource(_Dataset):
+    source: Literal["line"]
+    task: Literal["regression"] = _allowed("'regression' for source line")
+    data: LineData = LineData()
+
+
+class SyntheticSource(_Dataset):
+    source: Literal["synthetic"]
+    task: Literal["regression"] = _allowed("'regression' for source synthetic")
+    data: SyntheticData
+
+
+class DiabetesSource(_Dataset):
+    """scikit-learn's bundled diabetes regression set (442 x 10)."""
+
+    source: Literal["diabetes"]
+    task: Literal["regression"] = _allowed("'regression' for source diabetes")
+    data: NoData = NoData()
+    standardize: bool = True
+
+
+class DigitsSource(_Dataset):
+    """scikit-learn's bundled 8x8 digits (1797 x 64, 10 classes), pixels in [0, 1]."""
+
+    source: Literal["digits"]
+    task: Literal["classification"] = _allowed("'classification' for source digits")
+    data: NoData = NoData()
+    standardize: bool = True
+
+
+class FashionMnistSource(_Dataset):
+    """Fashion-MNIST (60000 + 10000 images of 28x28, 10 classes)."""
+
+    source: Literal["fashion_mnist"]
+    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist")
+    data: FashionMnistData = FashionMnistData()
 
 
 # The one list of data sources (name -> its params model); datasets/__init__.py maps
@@ -173,6 +208,7 @@ DatasetConfig = Annotated[
     Field(discriminator="source"),
 ]
 TASKS = ("regression", "classification")
+_TASK_LOSSES = {"regression": ("mse", "mae"), "classification": ("cross_entropy",)}
 
 
 # --- split --------------------------------------------------------------------
@@ -346,10 +382,31 @@ class Params(_Strict):
     def _names(self) -> Params:
         if not self.datasets:
             raise ValueError("datasets must name at least one dataset")
-        for name in self.datasets:
+        for name, ds in self.datasets.items():
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"datasets.{name}: dataset names must be letters, digits and '_'")
+            losses = _TASK_LOSSES[ds.task]
+            if ds.train.loss is not None and ds.train.loss not in losses:
+                raise ValueError(
+                    f"datasets.{name}.train.loss must be one of {', '.join(map(repr, losses))} "
+                    f"for a {ds.task} dataset, got {ds.train.loss!r}"
+                )
+            if ds.split.model_dump(exclude_none=True):
+                try:
+                    self.split_config(name)
+                except ValidationError as exc:
+                    msg = exc.errors()[0]["ctx"]["error"]
+                    raise ValueError(
+                        f"datasets.{name}.split: {msg} (null keys take the top-level split's)"
+                    ) from None
         return self
+
+    def split_config(self, name: str) -> SplitConfig:
+        """The top-level split with datasets.<name>.split's fractions."""
+        over = self.dataset(name).split.model_dump(exclude_none=True)
+        return (
+            SplitConfig.model_validate({**self.split.model_dump(), **over}) if over else self.split
+        )
 
     def train_config(self, name: str) -> TrainConfig:
         """train.<task> of dataset `name`, with its datasets.<name>.train overrides."""

@@ -241,8 +241,12 @@ def run_view(params, dataset: str) -> dict:
     cfg = params.train_config(dataset)
     return {
         "seed": params.seed,
-        "data": ds.model_dump(),
-        "split": params.split.model_dump(),
+        # where the rows come from, then the source's own knobs (n, noise, ...)
+        "data": {
+            **ds.model_dump(include={"source", "task", "standardize"}),
+            **ds.data.model_dump(),
+        },
+        "split": params.split_config(dataset).model_dump(),
         "train": {
             "threads": params.train.threads,
             "device": params.train.device,

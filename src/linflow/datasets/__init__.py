@@ -61,11 +61,12 @@ LOADERS: dict[str, tuple[str, str]] = {
 def load_source(name: str, cfg, seed: int) -> RawData:
     """Build dataset `name` from its validated config.
 
-    Every loader takes (cfg, rng); generated sources draw from rng, a stream
-    seeded by (seed, dataset name), the others ignore it.
+    Every loader takes (cfg.data, rng): the source's own knobs (bundled sets have
+    none), and a stream seeded by (seed, dataset name) that only generated sources
+    draw from.
     """
     import importlib
 
     module, func = LOADERS[cfg.source]
     loader = getattr(importlib.import_module(f"linflow.datasets.{module}"), func)
-    return loader(cfg, make_rng(seed, name))
+    return loader(cfg.data, make_rng(seed, name))

@@ -1,6 +1,6 @@
 """prepare@<ds>: build ``data/raw/<ds>.npz`` from the dataset's source.
 
-Reads params ``datasets.<ds>`` and ``seed``; the source (generated, bundled with
+Reads params ``datasets.<ds>.{source, data}`` and ``seed``; the source (generated, bundled with
 scikit-learn, or Fashion-MNIST from a cache, Debian's package or the mirror)
 is ``linflow.datasets``. Writes the raw arrays once, atomically.
 """

@@ -1,7 +1,7 @@
 """split@<ds>: train/val/test split (stratified for classes) and the scaler.
 
 Reads ``data/raw/<ds>.npz`` and params ``split``, ``seed``,
-``datasets.<ds>.{task, standardize}``; writes ``data/prepared/<ds>/``:
+``datasets.<ds>.{task, standardize, split}``; writes ``data/prepared/<ds>/``:
 ``{train,val,test}.npz`` (the raw rows, plus their indices) and ``scaler.json``
 fitted on the train rows only. The maths is :mod:`linflow.split`.
 """
@@ -34,7 +34,7 @@ def run(args, params) -> None:
     cfg = params.dataset(args.dataset)
     raw = read_raw(raw_path)
     check_task(raw_path, str(raw["task"]), args.dataset, cfg.task)
-    s = params.split
+    s = params.split_config(args.dataset)
     idx = split_indices(
         raw["y"].shape[0],
         (s.train, s.val, s.test),
