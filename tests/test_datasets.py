@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from linflow.core.artifacts import validate_arrays
-from linflow.core.config import parse_params
+from linflow.core.config import ConfigError, parse_params
 from linflow.core.storage import DataError
 from linflow.datasets import load_source
 
@@ -17,6 +17,25 @@ def test_line_follows_y_3x_plus_1(cfgs):
     assert raw.X.shape == (100, 1) and raw.task == "regression"
     w, b = np.polyfit(raw.X[:, 0], raw.y, 1)
     assert w == pytest.approx(3.0, abs=0.1) and b == pytest.approx(1.0, abs=0.05)
+
+
+def test_line_degree_adds_the_powers_of_x_and_degree_1_is_x_itself(base_params):
+    raw_params = {**base_params, "datasets": {"line": base_params["datasets"]["line"]}}
+    line = raw_params["datasets"]["line"] = dict(raw_params["datasets"]["line"])
+    plain = load_source("line", parse_params(raw_params).datasets["line"], seed=0)
+    line["data"] = {**line["data"], "degree": 3}
+    cubic = load_source("line", parse_params(raw_params).datasets["line"], seed=0)
+    assert cubic.feature_names == ["x", "x^2", "x^3"] and cubic.X.shape == (100, 3)
+    np.testing.assert_array_equal(cubic.X[:, 0], plain.X[:, 0])  # same draws, same x
+    x = plain.X[:, 0].astype(np.float64)  # x^3 was taken before the cast to float32
+    np.testing.assert_allclose(cubic.X[:, 2], x**3, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(cubic.y, plain.y)
+    for bad in (0, 31, 2.0):
+        line["data"] = {**line["data"], "degree": bad}
+        with pytest.raises(
+            ConfigError, match=r"datasets.line.data.degree must be an integer in \[1, 30\]"
+        ):
+            parse_params(raw_params)
 
 
 def test_synthetic_matches_d2l(cfgs):

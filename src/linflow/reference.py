@@ -410,6 +410,12 @@ def why_a_gap(train_cfg) -> str:
             "loss mae: the least-squares reference is not the optimum of the MAE objective "
             "(it has no closed form), so a gap is expected"
         )
+    if getattr(train_cfg, "dropout", 0.0):
+        return (
+            f"input dropout {train_cfg.dropout:g}: training minimises the loss under dropped "
+            "inputs, which for a linear model adds a data-dependent L2 penalty (Wager et al. "
+            "2013), not the reference's objective, so a gap is expected"
+        )
     if train_cfg.patience:
         return "early stopping halts before the optimum of the train objective by design"
     if (

@@ -166,6 +166,7 @@ def test_a_stale_lock_fails_even_when_the_outputs_are_identical(repo):
 OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
 
+@pytest.mark.ci  # ~1 min each: CI's make test-ci runs them, keeping make test under 10 min
 def test_a_changed_lr_fails_naming_the_param_even_as_another_cpu(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["regression"]["lr"] = 0.1
@@ -182,6 +183,7 @@ def test_a_changed_lr_fails_naming_the_param_even_as_another_cpu(repo):
     assert "torch DEFAULT, MKL COMPATIBLE" in res.stdout  # the platform it ran as
 
 
+@pytest.mark.ci  # ~1 min each: CI's make test-ci runs them, keeping make test under 10 min
 def test_a_one_line_change_to_the_maths_fails_naming_the_file_even_as_another_cpu(repo):
     src = repo / "src/linflow/training/loop.py"
     text = src.read_text()

@@ -43,6 +43,7 @@ NonNegFloat = Annotated[float, _allowed("a finite float >= 0", ge=0, allow_inf_n
 FiniteFloat = Annotated[float, _allowed("a finite float", allow_inf_nan=False)]
 Fraction = Annotated[float, _allowed("a float in (0, 1)", gt=0, lt=1, allow_inf_nan=False)]
 Momentum = Annotated[float, _allowed("a float in [0, 1)", ge=0, lt=1, allow_inf_nan=False)]
+DropRate = Annotated[float, _allowed("a float in [0, 1)", ge=0, lt=1, allow_inf_nan=False)]
 PosInt = Annotated[int, _allowed("an integer >= 1", ge=1)]
 NonNegInt = Annotated[int, _allowed("an integer >= 0", ge=0)]
 Seed = Annotated[int, _allowed("an integer in [0, 2**32)", ge=0, lt=2**32)]
@@ -91,6 +92,7 @@ class TrainOverrides(_Strict):
     epochs: PosInt | None = None
     weight_decay: NonNegFloat | None = None
     momentum: Momentum | None = None
+    dropout: DropRate | None = None
     patience: NonNegInt | None = None
     lr_schedule: Literal["constant", "cosine"] | None = _allowed(
         "one of 'constant', 'cosine'", default=None
@@ -110,6 +112,9 @@ class LineData(_Strict):
     noise: NonNegFloat = 0.1
     x_min: FiniteFloat = -1.0
     x_max: FiniteFloat = 1.0
+    # Features x, x^2, ..., x^degree: still a linear model in its parameters (the
+    # closed form applies), with capacity to under- or overfit (d2l 4.4).
+    degree: Annotated[int, _allowed("an integer in [1, 30]", ge=1, le=30)] = 1
 
     @model_validator(mode="after")
     def _range(self) -> LineData:
@@ -245,6 +250,10 @@ class TrainConfig(_Strict):
     # Heavy-ball momentum as torch.optim.SGD has it (v <- m v + g; w <- w - lr v); 0 is
     # plain SGD. Ill-conditioned problems need ~sqrt(condition number) times fewer steps.
     momentum: Momentum = 0.0
+    # Input dropout: each training input feature is zeroed with probability p and the
+    # rest scaled by 1/(1-p), a fresh mask per step (seeded); off at evaluation. For a
+    # linear model it acts as a data-dependent L2 penalty (docs/lessons.md).
+    dropout: DropRate = 0.0
     # Early stopping on validation loss: stop after `patience` epochs without
     # improvement and restore the best weights; 0 switches it off.
     patience: NonNegInt = 0

@@ -8,14 +8,20 @@ from linflow.datasets import RawData
 
 
 def make_line(cfg, rng: np.random.Generator) -> RawData:
-    """y = slope * x + intercept + N(0, noise^2), x ~ U(x_min, x_max), n points."""
+    """y = slope * x + intercept + N(0, noise^2), x ~ U(x_min, x_max), n points.
+
+    Features x, x^2, ..., x^degree (degree 1: x alone): a polynomial model that is
+    still linear in its weights, for the capacity lesson. The powers are taken in
+    float64 before the cast, so degree 1 is the same bytes as plain x.
+    """
     x = rng.uniform(cfg.x_min, cfg.x_max, size=cfg.n)  # (n,)
     y = cfg.slope * x + cfg.intercept + cfg.noise * rng.standard_normal(cfg.n)  # (n,)
+    powers = np.arange(1, cfg.degree + 1)  # (degree,)
     return RawData(
         task="regression",
-        X=x.reshape(-1, 1).astype(np.float32),
+        X=(x[:, None] ** powers).astype(np.float32),  # (n, degree)
         y=y.astype(np.float32),
-        feature_names=["x"],
+        feature_names=["x", *(f"x^{k}" for k in powers[1:])],
     )
 
 

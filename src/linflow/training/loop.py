@@ -175,6 +175,25 @@ def lr_stability_bound(
     return lam, 2.0 * (1.0 + momentum) / lam
 
 
+class _InputDropout:
+    """x -> x * mask / (1 - p), mask ~ Bernoulli(1 - p) per entry, fresh per call.
+
+    The masks come from their own generator (seeded by cfg.seed, apart from the
+    shuffle's), drawn on the CPU like the permutation, so both engines and every
+    device see the same masked batches. p = 0 is the identity: no draw, no copy.
+    """
+
+    def __init__(self, p: float, seed: int, device: torch.device) -> None:
+        self.p, self.device = float(p), device
+        self.gen = torch.Generator().manual_seed(seed + 0x5EED) if self.p else None
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.p:
+            return X
+        keep = torch.rand(X.shape, generator=self.gen) >= self.p  # (rows, d) on the CPU
+        return X * (keep.to(self.device, X.dtype) / (1.0 - self.p))
+
+
 def fit(
     engine,
     X: torch.Tensor,
@@ -214,14 +233,18 @@ def fit(
     # The permutation is drawn on the CPU on every device: the same batches, so a
     # GPU run differs from the CPU one by rounding only.
     sizes = torch.tensor(np.diff(starts), dtype=torch.float64, device=device)
-    graph = EpochGraph(engine, X, y, starts) if graph_capturable(engine, X, bs) else None
+    drop = _InputDropout(getattr(cfg, "dropout", 0.0), cfg.seed, device)
+    # (a captured graph would replay one mask: with dropout the GPU steps eagerly)
+    graph = (
+        EpochGraph(engine, X, y, starts) if graph_capturable(engine, X, bs) and not drop.p else None
+    )
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         engine.set_lr(lr_at(cfg, epoch))
         if bs == n:
             # Full batch: the gradient is a mean over all rows, so the order is moot;
             # skipping the shuffle and the copy keeps thousands of epochs cheap.
-            total = engine.step(X, y).double() * n
+            total = engine.step(drop(X), y).double() * n
         else:
             perm = torch.randperm(n, generator=g).to(device)
             if graph is not None:
@@ -232,7 +255,7 @@ def fit(
                 losses = torch.empty(len(starts) - 1, dtype=torch.float64, device=device)
                 for i in range(losses.numel()):
                     idx = perm[starts[i] : starts[i + 1]]
-                    losses[i] = engine.step(X.index_select(0, idx), y.index_select(0, idx))
+                    losses[i] = engine.step(drop(X.index_select(0, idx)), y.index_select(0, idx))
             total = losses @ sizes
         train_loss = float(total) / n
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
