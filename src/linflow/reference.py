@@ -5,12 +5,13 @@ Every reference minimises the model's own training objective on the same
 answer. With ``wd`` the weight decay (torch SGD style, on W only; see
 ``linflow.training.scratch``) the objectives are::
 
-    regression      J(W, b) = mean((X W^T + b - y)^2) + (wd / 2) ||W||^2
+    regression      J(W, b) = mean((X W^T + b - y)^2) + (wd / 2) ||W||^2 [+ l1 ||W||_1]
     classification  J(W, b) = mean(-log softmax(X W^T + b)_y) + (wd / 2) ||W||^2
 
 - Regression: the normal-equation solution (least squares on the centred
   data, solved by SVD-based lstsq, never an explicit inverse), scikit-learn's
-  ``LinearRegression`` and ``Ridge`` with ``alpha`` mapped from ``wd``.
+  ``LinearRegression`` and ``Ridge`` with ``alpha`` mapped from ``wd``; with an
+  L1 penalty, scikit-learn's ``Lasso`` (``ElasticNet`` with ``wd``) instead.
 - Classification: scikit-learn's multinomial ``LogisticRegression`` (lbfgs)
   with ``C`` mapped from ``wd``; it must converge.
 
@@ -42,6 +43,8 @@ __all__ = [
     "fit_normal_equations",
     "fit_sklearn_linear",
     "fit_sklearn_ridge",
+    "lasso_alpha",
+    "fit_sklearn_lasso",
     "fit_logistic_regression",
     "centre_softmax",
     "relative_l2",
@@ -146,6 +149,49 @@ def fit_sklearn_ridge(X: np.ndarray, y: np.ndarray, weight_decay: float) -> Refe
     X, y = _f64(X, y)
     model = Ridge(alpha=ridge_alpha(X.shape[0], weight_decay), solver="svd").fit(X, y)
     return ReferenceFit(model.coef_.reshape(1, -1), np.atleast_1d(model.intercept_))
+
+
+def lasso_alpha(weight_decay: float, l1: float) -> tuple[float, float]:
+    """(alpha, l1_ratio) of scikit-learn's ElasticNet for our objective with L1.
+
+    ElasticNet minimises ``(1/2n) ||y - X w - b||^2 + alpha rho ||w||_1 +
+    (alpha (1 - rho) / 2) ||w||^2``; half of our J with L1,
+    ``(1/2n) ||r||^2 + (wd / 4) ||w||^2 + (l1 / 2) ||w||_1``, matches it with
+    ``alpha rho = l1 / 2`` and ``alpha (1 - rho) = wd / 2``. rho = 1 is Lasso.
+    """
+    alpha = (l1 + weight_decay) / 2.0
+    return alpha, (l1 / (l1 + weight_decay) if alpha > 0 else 1.0)
+
+
+def fit_sklearn_lasso(
+    X: np.ndarray, y: np.ndarray, weight_decay: float, l1: float, max_iter: int = 100_000
+) -> ReferenceFit:
+    """scikit-learn's Lasso (ElasticNet with weight decay) on our L1 objective.
+
+    Coordinate descent to a duality gap of 1e-12 (relative to ||y||^2 / n):
+    compare holds SGD to 1e-3 of it, so it must be far tighter than that.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import ElasticNet, Lasso
+
+    X, y = _f64(X, y)
+    alpha, rho = lasso_alpha(weight_decay, l1)
+    model = (
+        Lasso(alpha=alpha, tol=1e-12, max_iter=max_iter)
+        if rho == 1.0
+        else ElasticNet(alpha=alpha, l1_ratio=rho, tol=1e-12, max_iter=max_iter)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return ReferenceFit(
+        model.coef_.reshape(1, -1),
+        np.atleast_1d(model.intercept_),
+        n_iter=int(model.n_iter_),
+        converged=converged,
+        stopped_by=None if converged else "max_iter",
+    )
 
 
 # --- classification reference ---------------------------------------------------
@@ -257,9 +303,15 @@ def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
 
 
 def objective(
-    X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, loss: str, weight_decay: float
+    X: np.ndarray,
+    y: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    loss: str,
+    weight_decay: float,
+    l1: float = 0.0,
 ) -> tuple[float, float]:
-    """(data loss, data loss + (wd / 2) ||W||^2) in float64 on (X, y)."""
+    """(data loss, data loss + (wd / 2) ||W||^2 + l1 ||W||_1) in float64 on (X, y)."""
     Z = predict_linear(X, W, b)  # (n, k)
     if loss == "cross_entropy":
         y = np.asarray(y, dtype=np.int64)
@@ -267,7 +319,8 @@ def objective(
     else:
         r = Z[:, 0] - np.asarray(y, dtype=np.float64)  # (n,)
         value = float(np.mean(r * r)) if loss == "mse" else float(np.mean(np.abs(r)))
-    penalty = 0.5 * weight_decay * float(np.sum(np.asarray(W, dtype=np.float64) ** 2))
+    W = np.asarray(W, dtype=np.float64)
+    penalty = 0.5 * weight_decay * float(np.sum(W**2)) + l1 * float(np.sum(np.abs(W)))
     return value, value + penalty
 
 
@@ -297,6 +350,7 @@ def compare_to_reference(
     ref: tuple[np.ndarray, np.ndarray],
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
+    l1: float = 0.0,
 ) -> dict:
     """Every gap between our (W, b) and the reference's, as a JSON-ready dict.
 
@@ -307,8 +361,8 @@ def compare_to_reference(
     Wr, br = _comparable(task, *ref)
     if W.shape != Wr.shape:
         raise ValueError(f"weight shapes differ: ours {W.shape}, reference {Wr.shape}")
-    loss_ours, obj_ours = objective(*train, *ours, loss, weight_decay)
-    loss_ref, obj_ref = objective(*train, *ref, loss, weight_decay)
+    loss_ours, obj_ours = objective(*train, *ours, loss, weight_decay, l1)
+    loss_ref, obj_ref = objective(*train, *ref, loss, weight_decay, l1)
     gap = obj_ours - obj_ref
     # Relative to the optimum's objective; an exact fit (objective 0) allows no gap.
     rel_gap = gap / obj_ref if obj_ref > 0 else (0.0 if gap == 0 else math.inf)

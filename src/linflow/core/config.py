@@ -93,6 +93,7 @@ class TrainOverrides(_Strict):
     weight_decay: NonNegFloat | None = None
     momentum: Momentum | None = None
     dropout: DropRate | None = None
+    l1: NonNegFloat | None = None  # regression only (checked in Params)
     patience: NonNegInt | None = None
     lr_schedule: Literal["constant", "cosine"] | None = _allowed(
         "one of 'constant', 'cosine'", default=None
@@ -263,6 +264,10 @@ class TrainConfig(_Strict):
         "one of 'constant', 'cosine'", default="constant"
     )
     seed: Seed = 0
+    # L1 on the weights (not the bias): minimises loss + (wd/2)||W||^2 + l1 ||W||_1, by
+    # a proximal (soft-threshold) step after each SGD step; the reference is then
+    # scikit-learn's Lasso / ElasticNet. Regression only.
+    l1: NonNegFloat = 0.0
 
 
 class RegressionTrain(TrainConfig):
@@ -271,6 +276,10 @@ class RegressionTrain(TrainConfig):
 
 class ClassificationTrain(TrainConfig):
     loss: Literal["cross_entropy"] = _allowed("'cross_entropy'", default="cross_entropy")
+    # No softmax L1: its reference (LogisticRegression, saga) takes minutes on Fashion-MNIST.
+    l1: Annotated[
+        float, _allowed("0.0: L1 is for regression (its reference is Lasso)", ge=0, le=0)
+    ] = 0.0
 
 
 class TrainSection(_Strict):
@@ -399,6 +408,11 @@ class Params(_Strict):
                 raise ValueError(
                     f"datasets.{name}.train.loss must be one of {', '.join(map(repr, losses))} "
                     f"for a {ds.task} dataset, got {ds.train.loss!r}"
+                )
+            if ds.task == "classification" and ds.train.l1:
+                raise ValueError(
+                    f"datasets.{name}.train.l1 must be null or 0.0 for a classification "
+                    f"dataset (L1 is for regression: its reference is Lasso), got {ds.train.l1}"
                 )
             if ds.split.model_dump(exclude_none=True):
                 try:

@@ -104,8 +104,9 @@ def run(args, params) -> None:
     ds = params.dataset(args.dataset)
     reports = Path(args.reports or f"reports/{args.dataset}")
     card, ref, model_dir, ours, theirs, train, test = _inputs(args, ds.task)
+    l1 = card.train.get("l1", 0.0)
     result = reference.compare_to_reference(
-        ds.task, card.loss, card.train["weight_decay"], ours, theirs, train, test
+        ds.task, card.loss, card.train["weight_decay"], ours, theirs, train, test, l1
     )
     tolerances = params.compare.for_task(ds.task).model_dump()
     if card.loss == "mae":

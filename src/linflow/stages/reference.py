@@ -81,10 +81,18 @@ def _progress(dataset: str, rc):
     return report
 
 
-def _fits(task: str, X, y, k: int, wd: float, rc, dataset: str = "") -> tuple[dict, dict]:
+def _fits(
+    task: str, X, y, k: int, wd: float, rc, dataset: str = "", l1: float = 0.0
+) -> tuple[dict, dict]:
     """(name -> zero-argument fit, name -> settings recorded beside it); primary first."""
     from linflow import reference
 
+    if task == "regression" and l1:
+        # The L1 objective has no closed form: coordinate descent is the reference.
+        alpha, rho = reference.lasso_alpha(wd, l1)
+        name = "sklearn_lasso" if rho == 1.0 else "sklearn_elastic_net"
+        todo = {name: lambda: reference.fit_sklearn_lasso(X, y, wd, l1)}
+        return todo, {name: {"alpha": alpha, "l1_ratio": rho, "tol": 1e-12}}
     if task == "regression":
         todo = {
             "normal_equations": lambda: reference.fit_normal_equations(X, y, wd),
@@ -133,7 +141,7 @@ def run(args, params) -> None:
     from linflow.core.storage import file_md5, write_json
 
     wd, n, rc = cfg.weight_decay, X.shape[0], params.reference
-    todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc, args.dataset)
+    todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc, args.dataset, cfg.l1)
     fits: dict[str, reference.ReferenceFit] = {}
     seconds: dict[str, float] = {}
     with reference_threads(rc.threads):
@@ -164,7 +172,9 @@ def run(args, params) -> None:
             )  # fmt: skip
     refs = {}
     for name, f in fits.items():
-        train_loss, train_objective = reference.objective(X, y, f.weight, f.bias, cfg.loss, wd)
+        train_loss, train_objective = reference.objective(
+            X, y, f.weight, f.bias, cfg.loss, wd, cfg.l1
+        )
         refs[name] = {
             **extra.get(name, {}),
             "weight": f.weight,

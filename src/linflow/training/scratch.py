@@ -195,6 +195,11 @@ class ScratchEngine:
             cached = self._ones = torch.full((1, n), -1.0, dtype=dtype, device=self.W.device)
         return cached[:, :n]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The live weight tensor W (k, d), for in-place proximal steps."""
+        return self.W
+
     @torch.no_grad()
     def outputs(self, X: torch.Tensor) -> torch.Tensor:
         return forward(X, self.W, self.b)  # (n, k)
