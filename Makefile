@@ -95,8 +95,8 @@ SERVER_WORKERS ?= 2
 SERVER_ALLOWED_HOSTS ?=
 server: setup ## team MLflow server: PostgreSQL backend (SERVER_DB), artifact store (SERVER_ARTIFACTS)
 	@$(PY) -c "import psycopg" 2>/dev/null || { echo "make server: the PostgreSQL driver psycopg is not installed in $(VENV): $(PY) -m pip install -c constraints.txt -e '.[server]'" >&2; exit 1; }
-	@$(PY) -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=5).close()" "$(SERVER_DB)" 2>/dev/null || { \
-	  echo "make server: cannot connect to PostgreSQL at $$(echo '$(SERVER_DB)' | sed -E 's#//[^@/]*@#//***@#') (is it running, does the database exist? docs/mlflow.md#a-team-server)" >&2; exit 1; }
+	@err=$$($(PY) -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=5).close()" "$(SERVER_DB)" 2>&1) || { \
+	  echo "make server: cannot connect to PostgreSQL at $$(echo '$(SERVER_DB)' | sed -E 's#//[^@/]*@#//***@#'): $$(echo "$$err" | grep -m1 -E '^[a-zA-Z_.]+(Error|Exception): ' | sed -E 's/^[a-zA-Z_.]+(Error|Exception): //') (docs/mlflow.md#a-team-server)" >&2; exit 1; }
 	@echo "MLflow team server: http://$(SERVER_HOST):$(SERVER_PORT) (runs in PostgreSQL, artifacts in $(SERVER_ARTIFACTS)); clients: MLFLOW_TRACKING_URI=http://<this host>:$(SERVER_PORT)"
 	@$(VENV)/bin/mlflow server --backend-store-uri "$(SERVER_DB)" \
 		--artifacts-destination "$(SERVER_ARTIFACTS)" --serve-artifacts \
