@@ -225,13 +225,17 @@ def _experiment_id(client, dataset: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # A sqlite store keeps its artifacts beside the database file (not in
-    # ./mlruns of whatever folder the stage ran in); a server decides itself.
+    # A sqlite store keeps its artifacts beside the database file, a database server
+    # named directly (postgresql://) in the repo's mlartifacts/ -- not in ./mlruns of
+    # whatever folder the stage ran in (a `dvc exp run --temp` copy is deleted after);
+    # an mlflow server decides itself.
     artifact_location = None
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         artifact_location = (db.parent / "mlartifacts" / name).as_uri()
+    elif uri.split(":", 1)[0].startswith(("postgresql", "mysql", "mssql")):
+        artifact_location = (repo_root() / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:
