@@ -127,7 +127,7 @@ def test_bad_input_fails_before_anything_is_sent(
     line_run, make_params, fresh_store, run_stage, tmp_path
 ):
     with pytest.raises(
-        ConfigError, match="dataset 'nope' is not under datasets: .*allowed: line, digits"
+        ConfigError, match="^dataset .nope. is not under datasets: .*allowed: line, digits$"
     ):
         _publish(run_stage, line_run.params, line_run.root, "line", "nope")
     # digits' outputs are missing from this root: nothing of line is sent either

@@ -55,6 +55,15 @@ class _Run:
     artifacts: dict
 
 
+def _require(path: Path) -> Path:
+    """`path`, or a DataError saying how a checkout gets the DVC outputs it lacks."""
+    from linflow.core.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run dvc pull, dvc checkout or dvc repro first)")
+    return path
+
+
 def _history(path: Path) -> list[dict[str, float]]:
     from linflow.core.errors import DataError
 
@@ -82,12 +91,9 @@ def _training(dataset: str, params, args) -> _Run:
 
     model_dir = Path(args.models) / dataset
     reports = Path(args.reports) / dataset
+    _require(model_dir / "model.json")
     card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
-    weights = model_dir / card.weights["file"]
-    if not weights.is_file():
-        raise DataError(
-            f"{weights}: file not found (run dvc pull, dvc checkout or dvc repro first)"
-        )
+    weights = _require(model_dir / card.weights["file"])
     ds = params.dataset(dataset)
     if card.task != ds.task:
         raise DataError(f"{model_dir}/model.json: task {card.task!r}, params.yaml says {ds.task!r}")
@@ -161,7 +167,7 @@ def _reference(dataset: str, params, args) -> _Run:
     from linflow.core.artifacts import ReferenceDoc
     from linflow.core.storage import file_md5, read_json
 
-    path = Path(args.reports) / dataset / "reference.json"
+    path = _require(Path(args.reports) / dataset / "reference.json")
     doc = ReferenceDoc.from_json(read_json(path), str(path))
     primary = doc.references[doc.primary]
     run_params = {
@@ -205,14 +211,14 @@ def run(args, params) -> int:
     unknown = [n for n in names if n not in params.datasets]
     if unknown:
         raise ConfigError(
-            f"publish: dataset {unknown[0]!r} is not under datasets: in params.yaml; "
+            f"dataset {unknown[0]!r} is not under datasets: in params.yaml; "
             f"allowed: {', '.join(params.datasets)}"
         )
     # Everything read and checked first: a missing output fails before any run is sent.
     todo = [
         (n, r) for n in names for r in (_training(n, params, args), _reference(n, params, args))
     ]
-    log.info("publish: %d datasets to %s", len(names), tracking.redact(tracking.tracking_uri()))
+    log.info("publish %s to %s", ", ".join(names), tracking.redact(tracking.tracking_uri()))
     for dataset, r in todo:
         for run_id, what in tracking.publish_run(
             dataset, r.kind, r.key, r.name, r.params, r.tags,
