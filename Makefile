@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui bench clean
+.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui server bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -81,6 +81,27 @@ ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000 (UI_POR
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (the training runs view; Ctrl-C stops it)"
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
 		--default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)
+
+# A team's tracking server (docs/mlflow.md#a-team-server): runs and params in
+# PostgreSQL (SERVER_DB), artifact files in SERVER_ARTIFACTS, served through the
+# server so clients need no access to either. Listen on all interfaces with
+# SERVER_HOST=0.0.0.0 and name the address clients use in SERVER_ALLOWED_HOSTS.
+# The password goes in PGPASSWORD or ~/.pgpass, not in the URI (ps would show it).
+SERVER_DB ?= postgresql://mlflow@127.0.0.1:5432/mlflow
+SERVER_ARTIFACTS ?= $(CURDIR)/mlserver-artifacts
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+SERVER_WORKERS ?= 2
+SERVER_ALLOWED_HOSTS ?=
+server: setup ## team MLflow server: PostgreSQL backend (SERVER_DB), artifact store (SERVER_ARTIFACTS)
+	@$(PY) -c "import psycopg" 2>/dev/null || { echo "make server: the PostgreSQL driver psycopg is not installed in $(VENV): $(PY) -m pip install -c constraints.txt -e '.[server]'" >&2; exit 1; }
+	@err=$$($(PY) -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=5).close()" "$(SERVER_DB)" 2>&1) || { \
+	  echo "make server: cannot connect to PostgreSQL at $$(echo '$(SERVER_DB)' | sed -E 's#//[^@/]*@#//***@#'): $$(echo "$$err" | grep -m1 -E '^[a-zA-Z_.]+(Error|Exception): ' | sed -E 's/^[a-zA-Z_.]+(Error|Exception): //') (docs/mlflow.md#a-team-server)" >&2; exit 1; }
+	@echo "MLflow team server: http://$(SERVER_HOST):$(SERVER_PORT) (runs in PostgreSQL, artifacts in $(SERVER_ARTIFACTS)); clients: MLFLOW_TRACKING_URI=http://<this host>:$(SERVER_PORT)"
+	@$(VENV)/bin/mlflow server --backend-store-uri "$(SERVER_DB)" \
+		--artifacts-destination "$(SERVER_ARTIFACTS)" --serve-artifacts \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
+		$(if $(SERVER_ALLOWED_HOSTS),--allowed-hosts "$(SERVER_ALLOWED_HOSTS)")
 
 bench: setup fashion-data ## trainer benchmark (Fashion-MNIST): ratios to benchmarks/results/trainer.json
 	$(PY) benchmarks/bench_trainer.py --reps 3

@@ -220,6 +220,17 @@ class CompareDoc:
     def ours(self) -> dict[str, float]:
         return self.result["test"]["ours"]
 
+    def mlflow_metrics(self) -> dict[str, float]:
+        """What compare logs to the training run: every gap (``ref_<gap>``), the
+        reference's test metrics (``ref_test_<metric>``) and the train-loss gap."""
+        out = {f"ref_{n}": float(c["value"]) for n, c in self.checks.items()}
+        out |= {f"ref_test_{k}": float(v) for k, v in self.result["test"]["reference"].items()}
+        out["ref_train_loss_gap"] = float(self.result["train_loss"]["gap"])
+        return out
+
+    def mlflow_tags(self) -> dict[str, str]:
+        return {"linflow.compare": "pass" if self.passed else "fail"}
+
 
 @dataclass(frozen=True)
 class TestMetrics:
@@ -238,6 +249,20 @@ class TestMetrics:
 
     def metrics_json(self) -> dict:
         return {self.dataset: {"test": self.scalars}}
+
+    @staticmethod
+    def scalars_from(doc: Any, dataset: str, where: str) -> dict[str, float]:
+        """The test scalars of metrics.json (the inverse of :meth:`metrics_json`)."""
+        test = doc.get(dataset, {}).get("test") if isinstance(doc, Mapping) else None
+        if not isinstance(test, Mapping) or not test:
+            raise DataError(
+                f'{where}: expected {{"{dataset}": {{"test": {{metric: value}}}}}}, '
+                f"got keys {sorted(doc) if isinstance(doc, Mapping) else type(doc).__name__}"
+            )
+        bad = {k: v for k, v in test.items() if not isinstance(v, int | float)}
+        if bad:
+            raise DataError(f"{where}: {dataset}.test values must be numbers, got {bad}")
+        return {str(k): float(v) for k, v in test.items()}
 
     def evaluation_json(self) -> dict:
         test = dict(self.scalars)

@@ -44,7 +44,9 @@ __all__ = [
 WEIGHTS_TAG = "linflow.weights_md5"
 FAILURE_TAG = "linflow.failure"
 KIND_TAG = "linflow.kind"  # 'training' or 'reference'
-ADOPTED_TAG = "linflow.results_from"  # run whose test/compare results this one re-uses
+ADOPTED_TAG = "linflow.results_from"  # run (or outputs) whose test/compare results this one holds
+REFERENCE_TAG = "linflow.reference_md5"  # a reference run's key: the md5 of its reference.json
+PUBLISHED_TAG = "linflow.published"  # what `linflow publish` made or added to a run
 PID_TAG, HOST_TAG = "linflow.pid", "linflow.host"  # the process that owns a RUNNING run
 RUN_KEY_TAG = "linflow.run_key"  # one per create_run call: finds the copies a retry made
 EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
@@ -85,7 +87,47 @@ def redact(uri: str) -> str:
     return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]*", r"\1***", uri)
 
 
+def check_driver(uri: str) -> None:
+    """A one-line TrackingError when a database URI's driver is not installed.
+
+    SQLAlchemy picks the driver of a bare ``postgresql://`` itself (psycopg 3 from
+    SQLAlchemy 2.1 on, psycopg2 before); ``postgresql+<driver>://`` names it.
+    MLflow would otherwise fail deep inside SQLAlchemy with ``No module named ...``.
+    """
+    import importlib.util
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "postgres":
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI {redact(uri)}: scheme 'postgres://' is not understood by "
+            "SQLAlchemy; write postgresql:// (or postgresql+psycopg2://)"
+        )
+    if not scheme.startswith("postgresql"):
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        driver = make_url(uri).get_dialect().driver
+    except Exception as exc:
+        raise TrackingError(f"MLFLOW_TRACKING_URI {redact(uri)}: {_one_line(exc)}") from None
+    pip = _PG_DRIVERS.get(driver, driver)
+    if importlib.util.find_spec(driver) is None:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI {redact(uri)} needs the PostgreSQL driver '{driver}', which "
+            f"is not installed: pip install 'linflow[server]' (or {pip!r})"
+            if driver == "psycopg"
+            else f"MLFLOW_TRACKING_URI {redact(uri)} needs the PostgreSQL driver '{driver}', "
+            f"which is not installed: pip install {pip!r}, or use postgresql:// with "
+            "pip install 'linflow[server]'"
+        )
+
+
+# SQLAlchemy's driver name -> the package that brings it.
+_PG_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
+
+
 def _client():
+    check_driver(tracking_uri())
     # Fail fast against a dead server instead of MLflow's default ~minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -183,13 +225,17 @@ def _experiment_id(client, dataset: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # A sqlite store keeps its artifacts beside the database file (not in
-    # ./mlruns of whatever folder the stage ran in); a server decides itself.
+    # A sqlite store keeps its artifacts beside the database file, a database server
+    # named directly (postgresql://) in the repo's mlartifacts/ -- not in ./mlruns of
+    # whatever folder the stage ran in (a `dvc exp run --temp` copy is deleted after);
+    # an mlflow server decides itself.
     artifact_location = None
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         artifact_location = (db.parent / "mlartifacts" / name).as_uri()
+    elif uri.split(":", 1)[0].startswith(("postgresql", "mysql", "mssql")):
+        artifact_location = (repo_root() / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:
@@ -439,6 +485,12 @@ class TrainingRun:
                 self.client.log_artifact(self.run_id, local)
         return src.info.run_id
 
+    def log_results(self, metrics, tags, artifacts) -> None:
+        """Metrics, tags and root-level artifacts in one go (results of later stages)."""
+        self.log_metrics(metrics)
+        self.set_tags(tags)
+        self.log_artifacts(artifacts)
+
     def _end(self, status: str, reason: str | None = None) -> None:
         """Close the run; a busy (locked) database gets a few tries over ~3 s, and a run
         still left RUNNING is ended by the next run's reconcile()."""
@@ -558,3 +610,104 @@ def log_to_training_run(
         return run_id
     except Exception as exc:
         raise _wrap(exc) from None
+
+
+def publish_run(
+    dataset: str,
+    kind: str,
+    key: tuple[str, str],
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    *,
+    history: Iterable[Mapping[str, float]] = (),
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Mapping[str | None, Iterable[str | Path]] | None = None,
+) -> list[tuple[str, str]]:
+    """Make the store hold a FINISHED run of `kind` whose tag ``key[0]`` is ``key[1]``
+    (the weights' md5 for training runs), holding all of these.
+
+    No such run: one is created (the key tag set last, so a failed attempt is never
+    taken for it). Such runs exist: each gets what it lacks -- metrics never logged
+    (the per-epoch ``history`` included), tags, params, artifacts -- and nothing it
+    has is logged again, so a second call adds nothing. Returns (run id, what was
+    done) per run: 'created', 'completed: <what>' or 'complete'.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    metrics = dict(metrics or {})
+    artifacts = {k: [Path(p) for p in v] for k, v in (artifacts or {}).items()}
+    history = list(history)
+    tag_name, tag_value = key
+    try:
+        client = _client()
+        exp_id = _experiment_id(client, dataset)
+        runs = client.search_runs(
+            [exp_id],
+            filter_string=(
+                f"tags.`{tag_name}` = '{tag_value}' and tags.`{KIND_TAG}` = '{kind}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            max_results=100,
+        )
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise _wrap(exc) from None
+    if not runs:
+        with TrainingRun(dataset, run_name, params, {**tags, KIND_TAG: kind}) as run:
+            for row in history:
+                run.log_epoch(row)
+            run.flush()
+            run.log_metrics(metrics)
+            for where, paths in artifacts.items():
+                run.log_artifacts(paths, where)
+            run.set_tags({tag_name: tag_value, PUBLISHED_TAG: "created"})
+        return [(run.run_id, "created")]
+
+    done = []
+    ts = int(time.time() * 1000)
+    for found in runs:
+        run_id, have = found.info.run_id, found.data
+        added: list[str] = []
+        try:
+            curves = sorted({k for row in history for k in row if k != "epoch"} - set(have.metrics))
+            items = [
+                Metric(k, float(row[k]), ts, int(row["epoch"]))
+                for row in history
+                for k in curves
+                if k in row
+            ]
+            items += [
+                Metric(k, float(v), ts, 0) for k, v in metrics.items() if k not in have.metrics
+            ]
+            for i in range(0, len(items), EPOCH_BATCH):
+                client.log_batch(run_id, metrics=items[i : i + EPOCH_BATCH])
+            added += [f"{k} per epoch" for k in curves]
+            added += [k for k in metrics if k not in have.metrics]
+            new_params = [
+                Param(k, v[:6000])
+                for k, v in sorted(flatten(params).items())
+                if k not in have.params
+            ]
+            for i in range(0, len(new_params), 100):
+                client.log_batch(run_id, params=new_params[i : i + 100])
+            if new_params:
+                added.append(f"{len(new_params)} params")
+            new_tags = [RunTag(k, str(v)) for k, v in tags.items() if k not in have.tags]
+            if new_tags:
+                client.log_batch(run_id, tags=new_tags)
+            added += [f"tag {t.key}" for t in new_tags]
+            for where, paths in artifacts.items():
+                there = {a.path for a in client.list_artifacts(run_id, where)}
+                for p in paths:
+                    name = f"{where}/{p.name}" if where else p.name
+                    if name not in there:
+                        client.log_artifact(run_id, str(p), where)
+                        added.append(name)
+            if added:
+                client.set_tag(run_id, PUBLISHED_TAG, "completed")
+        except Exception as exc:
+            raise _wrap(exc) from None
+        done.append((run_id, f"completed: {', '.join(added)}" if added else "complete"))
+    return done

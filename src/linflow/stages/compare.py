@@ -147,9 +147,6 @@ def run(args, params) -> None:
     log.info("compare %s vs %s: %s", args.dataset, ref.primary, summary)
 
     weights_md5 = file_md5(model_dir / card.weights["file"])
-    mlflow_metrics = {f"ref_{n}": c["value"] for n, c in checks.items()}
-    mlflow_metrics |= {f"ref_test_{k}": v for k, v in result["test"]["reference"].items()}
-    mlflow_metrics["ref_train_loss_gap"] = result["train_loss"]["gap"]
     if failure:
         log.warning("compare %s: %s; make verify and CI fail on this", args.dataset, failure)
 
@@ -175,7 +172,7 @@ def run(args, params) -> None:
     tracking.log_to_training_run(
         args.dataset,
         weights_md5,
-        metrics=mlflow_metrics,
+        metrics=doc.mlflow_metrics(),
         artifacts=[out, reports / "distance_to_reference.png", fit_png],
-        tags={"linflow.compare": "fail" if failure else "pass"},
+        tags=doc.mlflow_tags(),
     )

@@ -231,3 +231,5 @@ def run(args, params) -> None:
             }
         )
         run.log_artifacts([out])
+        # The key `linflow publish` finds this run by (no duplicate for the same results).
+        run.set_tags({tracking.REFERENCE_TAG: file_md5(out)})
