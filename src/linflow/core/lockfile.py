@@ -76,7 +76,15 @@ def stage_current(lock_path: Path, stage: str, needs: Iterable[Path] = ()) -> bo
     dep_paths = {(root / d.get("path", "")).resolve() for d in deps if isinstance(d, Mapping)}
     if any(Path(n).resolve() not in dep_paths for n in needs):
         return False
-    for item in [*deps, *outs]:
+    wanted = {Path(n).resolve() for n in needs}
+    # `needs` first: usually what changed (the new weights), found before hashing the rest
+    items = sorted(
+        [*deps, *outs],
+        key=lambda i: (
+            not (isinstance(i, Mapping) and (root / i.get("path", "")).resolve() in wanted)
+        ),
+    )
+    for item in items:
         if not isinstance(item, Mapping) or "path" not in item or "md5" not in item:
             return False
         if path_md5(root / item["path"]) != item["md5"]:
