@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui bench clean
+.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui bench plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000 (UI_POR
 
 bench: setup fashion-data ## trainer benchmark (Fashion-MNIST): ratios to benchmarks/results/trainer.json
 	$(PY) benchmarks/bench_trainer.py --reps 3
+
+plots-vendor: setup ## re-fetch the Vega libraries `dvc plots show` inlines (.dvc/plots/; needs npm)
+	$(PY) .dvc/plots/vendor.py
 
 clean: ## remove pipeline outputs (not .venv, not mlflow.db)
 	rm -rf data/raw data/prepared models
