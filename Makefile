@@ -57,7 +57,7 @@ test: setup fashion-data ## the test suite: unit + end-to-end pipeline (~10 min)
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 	$(PY) -m pytest -m "not slow"
 
-test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md (~7 min)
+test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md, the browser test (~9 min)
 	$(PY) -m pytest -m ci
 
 verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics

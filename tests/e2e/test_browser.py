@@ -301,7 +301,7 @@ def _compare_row(driver, name: str) -> list[str]:
 
 
 def test_mlflow_ui_shows_both_experiments_and_overlays_val_loss(
-    learner_repo, mlflow_ui, browser, artifacts, capsys
+    browser, learner_repo, mlflow_ui, artifacts, capsys
 ):
     from selenium.webdriver.common.by import By
 
@@ -402,7 +402,7 @@ def test_mlflow_ui_shows_both_experiments_and_overlays_val_loss(
     browser.save_screenshot(str(artifacts / "3-val_loss.png"))
 
 
-def test_dvc_plots_page_renders_offline(learner_repo, browser, artifacts):
+def test_dvc_plots_page_renders_offline(browser, learner_repo, artifacts):
     """`dvc plots show` over the learner's outputs, opened with the network off."""
     repo, _ = learner_repo
     res = subprocess.run([str(DVC), "plots", "show"], cwd=repo, capture_output=True, text=True)
