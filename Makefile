@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui server bench clean
+.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui ui-links server bench plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ test: setup fashion-data ## the test suite: unit + end-to-end pipeline (~10 min)
 test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
 	$(PY) -m pytest -m "not slow"
 
-test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md (~7 min)
+test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md, the browser test (~9 min)
 	$(PY) -m pytest -m ci
 
 verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
@@ -75,11 +75,12 @@ format: setup ## apply ruff formatting and autofixes
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 UI_PORT ?= 5000
+UI_DB ?= $(CURDIR)/mlflow.db
 ui: setup ## MLflow UI over the project's store on http://127.0.0.1:5000 (UI_PORT=5001 for another port)
 	@$(PY) -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { echo "make ui: port $(UI_PORT) on 127.0.0.1 is in use; stop what holds it or pick another: make ui UI_PORT=5001" >&2; exit 1; }
-	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (the training runs view; Ctrl-C stops it)"
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
+	@$(MAKE) -s ui-links
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(UI_DB)" \
 		--default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)
 
 # A team's tracking server (docs/mlflow.md#a-team-server): runs and params in
@@ -103,8 +104,22 @@ server: setup ## team MLflow server: PostgreSQL backend (SERVER_DB), artifact st
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(SERVER_ALLOWED_HOSTS),--allowed-hosts "$(SERVER_ALLOWED_HOSTS)")
 
+# The addresses make ui prints. MLflow 3 opens an experiment in its GenAI view (traces,
+# no runs) unless the address says workflowType=machine_learning, and its experiment
+# list drops that on a click: so one runs-view link per experiment, read from the store.
+ui-links:
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (Ctrl-C stops it); the training runs of"
+	@$(PY) -c "import sqlite3, sys; \
+	  q = \"select experiment_id, name from experiments where lifecycle_stage = 'active' and name like 'linflow-%' order by name\"; \
+	  rows = sqlite3.connect('file:$(UI_DB)?mode=ro', uri=True).execute(q).fetchall(); \
+	  [print(f'  {n}: http://127.0.0.1:$(UI_PORT)/#/experiments/{i}/runs?workflowType=machine_learning') for i, n in rows]" \
+	  2>/dev/null || echo "  (no experiment yet: dvc repro creates one per dataset)"
+
 bench: setup fashion-data ## trainer benchmark (Fashion-MNIST): ratios to benchmarks/results/trainer.json
 	$(PY) benchmarks/bench_trainer.py --reps 3
+
+plots-vendor: setup ## re-fetch the Vega libraries `dvc plots show` inlines (.dvc/plots/; needs npm)
+	$(PY) .dvc/plots/vendor.py
 
 clean: ## remove pipeline outputs (not .venv, not mlflow.db)
 	rm -rf data/raw data/prepared models
