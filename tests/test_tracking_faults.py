@@ -327,3 +327,41 @@ def test_closing_a_run_waits_out_a_locked_database(tmp_path, monkeypatch, caplog
     got = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run.run_id)
     assert got.info.status == "KILLED"
     assert not [r for r in caplog.records if "could not mark" in r.getMessage()]
+
+
+_FIRST_RUN = """
+import os, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+from linflow.core import tracking
+client = tracking._client()
+exp = client.create_experiment(sys.argv[2])
+client.set_terminated(client.create_run(exp).info.run_id)
+"""
+
+
+def test_processes_creating_a_fresh_store_at_once_leave_it_working(tmp_path):
+    """`dvc queue start -j 2` in a fresh clone: two stages create the sqlite store at
+    the same moment. Unserialised, their schema migrations left it broken for good
+    ("table _alembic_tmp_latest_metrics already exists")."""
+    db = tmp_path / "mlflow.db"
+    go = tmp_path / "go"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_RUN, str(go), f"linflow-race{i}"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    time.sleep(3)  # all three have imported and wait at the line
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(e[-800:] for e in errors)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    names = {e.name for e in client.search_experiments()}
+    assert {f"linflow-race{i}" for i in range(3)} <= names

@@ -140,7 +140,40 @@ def _client():
 
     # The store's own error logs repeat, with tracebacks, what _wrap says in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return _create_sqlite_store(uri, Path(uri[len("sqlite:///") :].split("?", 1)[0]))
+    return MlflowClient(tracking_uri=uri)
+
+
+def _create_sqlite_store(uri: str, db: Path):
+    """A client of the sqlite store `db`, created (or migrated) one process at a time.
+
+
+    MLflow builds a new store's schema with alembic migrations, which two processes
+    must not run at once: two stages of `dvc queue start -j 2` in a fresh clone
+    both did, and the store was left broken for good ("table
+    _alembic_tmp_latest_metrics already exists" on every later run). An exclusive
+    lock on <db>-init.lock (ignored by git like mlflow.db-*) makes the second wait
+    for the first, then find the schema at its head.
+    """
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    if not db.parent.is_dir():
+        return MlflowClient(tracking_uri=uri)  # MLflow's own error says so, through _wrap
+    with open(db.parent / f"{db.name}-init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            try:
+                client.search_experiments(max_results=1)  # the store exists from here on
+            except Exception as exc:  # a broken store: the caller's first call says why
+                log.debug("creating the store %s: %s", db, _one_line(exc))
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return client
 
 
 def _alive(pid: int) -> bool:
