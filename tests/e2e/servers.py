@@ -109,6 +109,21 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    """Until `url`/health answers; an AssertionError with the log's tail if `proc`
+    exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:]
+                raise AssertionError(f"{what} did not start ({url}):\n{tail}") from None
+            time.sleep(0.5)
+
+
 def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 180) -> Iterator[str]:
     """`mlflow server` on `backend_uri`, serving `artifacts`; yields its http:// URL."""
     port = free_port()
@@ -122,16 +137,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 180) -> It
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text()[-2000:]
-                    raise AssertionError(f"mlflow server did not start ({url}):\n{tail}") from None
-                time.sleep(0.5)
+        wait_healthy(url, proc, log, timeout, "mlflow server")
         yield url
     finally:
         if proc.poll() is None:

@@ -21,14 +21,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "mlflow-ui"
@@ -107,17 +106,11 @@ def learner_repo(tmp_path_factory):
     return repo, uri
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(learner_repo):
     """`mlflow ui` as `make ui` runs it, over the learner's store; its base URL."""
     repo, uri = learner_repo
-    port = _free_port()
+    port = free_port()
     log = (repo / "mlflow-ui.log").open("w")
     proc = subprocess.Popen(
         [
@@ -128,18 +121,11 @@ def mlflow_ui(learner_repo):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + WAIT_S
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(
-                    f"mlflow ui did not start: {(repo / 'mlflow-ui.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.5)
+    try:
+        wait_healthy(url, proc, repo / "mlflow-ui.log", WAIT_S, "mlflow ui")
+    except AssertionError:
+        proc.kill()
+        raise
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
