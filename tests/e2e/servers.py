@@ -108,7 +108,6 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@contextlib.contextmanager
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
     """Until `url`/health answers; an AssertionError with the log's tail if `proc`
     exits or `timeout` seconds pass first."""
@@ -124,6 +123,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float, wh
             time.sleep(0.5)
 
 
+@contextlib.contextmanager
 def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 180) -> Iterator[str]:
     """`mlflow server` on `backend_uri`, serving `artifacts`; yields its http:// URL."""
     port = free_port()
