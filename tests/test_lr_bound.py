@@ -103,3 +103,50 @@ def test_momentum_widens_the_bound_and_reaches_the_optimum_sooner():
         return float(np.linalg.norm(w - w_star) / np.linalg.norm(w_star))
 
     assert error(0.9, 600) < 1e-3 < error(0.0, 600)
+
+
+def _softmax_hessian(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, wd):
+    """The Hessian of mean cross-entropy + (wd/2)||W||^2 in (W, b), by autograd."""
+    k, d = W.shape
+
+    def objective(theta):
+        Wt, bt = theta[: k * d].view(k, d), theta[k * d :]
+        z = X @ Wt.T + bt
+        return torch.nn.functional.cross_entropy(z, y) + 0.5 * wd * (Wt**2).sum()
+
+    return torch.autograd.functional.hessian(objective, torch.cat([W.ravel(), b]))
+
+
+@pytest.mark.parametrize(("wd", "momentum"), [(0.0, 0.0), (0.3, 0.9)])
+def test_cross_entropy_bound_is_the_hessians_eigenvalue_at_the_start(wd, momentum):
+    """At weights 0 every prediction is uniform: lambda_max of the exact Hessian there."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 4, generator=g, dtype=torch.float64) * 2 + 0.5
+    y = torch.randint(0, 3, (60,), generator=g)
+    lam, bound = lr_stability_bound(X.numpy(), wd, momentum, loss="cross_entropy", n_classes=3)
+    H = _softmax_hessian(X, y, torch.zeros(3, 4, dtype=torch.float64),
+                         torch.zeros(3, dtype=torch.float64), wd)  # fmt: skip
+    assert lam == pytest.approx(float(torch.linalg.eigvalsh(H).max()), rel=1e-10)
+    assert bound == pytest.approx(2 * (1 + momentum) / lam)
+
+
+def test_cross_entropy_curvature_never_exceeds_boehnings_bound():
+    """Anywhere else it stays under lambda_max([X 1]^T [X 1] / (2n)) (Boehning 1992)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (40,), generator=g)
+    Xa = torch.cat([X, torch.ones(40, 1, dtype=torch.float64)], dim=1)
+    global_bound = float(torch.linalg.eigvalsh(Xa.T @ Xa / 80).max())
+    start, _ = lr_stability_bound(X.numpy(), loss="cross_entropy", n_classes=4)
+    seen = []
+    for scale in (0.0, 0.3, 1.0, 3.0):
+        W = scale * torch.randn(4, 3, generator=g, dtype=torch.float64)
+        b = scale * torch.randn(4, generator=g, dtype=torch.float64)
+        seen.append(float(torch.linalg.eigvalsh(_softmax_hessian(X, y, W, b, 0.0)).max()))
+    assert max(seen) <= global_bound * (1 + 1e-12)
+    assert seen[0] == pytest.approx(start) and seen[-1] < start  # sharper predictions, flatter
+
+
+def test_no_bound_for_mae():
+    with pytest.raises(ValueError, match="no curvature bound for loss 'mae'"):
+        lr_stability_bound(np.ones((3, 2)), loss="mae")

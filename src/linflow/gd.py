@@ -84,7 +84,7 @@ def descend_torch(
         with torch.no_grad():
             x -= lr * g
         path.append(x.detach().clone())
-    values.append(float(fn(x)))
+    values.append(float(fn(x).detach()))
     return torch.stack(path).numpy(), np.array(values)
 
 

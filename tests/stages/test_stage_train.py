@@ -15,6 +15,7 @@ import pytest
 from linflow.cli import main
 from linflow.core.errors import ConfigError, DataError, TaskMismatchError
 from linflow.core.storage import file_md5, load_npz, load_weights, read_json
+from linflow.training import DivergenceError
 
 
 def train(run_stage, params, data, out, dataset="line"):
@@ -79,7 +80,8 @@ def test_digits_trains_a_10_class_softmax(digits_run):
     card = read_json(digits_run.model / "model.json")
     assert card["task"] == "classification" and card["loss"] == "cross_entropy"
     assert card["n_params"] == 650 and card["class_names"] == [str(c) for c in range(10)]
-    assert card["lr_bound"] is None  # the bound is for squared loss only
+    # cross-entropy's bound at the start, 2K/lambda_max([X 1]^T[X 1]/n) (+ decay): 2.75
+    assert card["lr_bound"] == pytest.approx(2.75, rel=0.01)
     history = (digits_run.reports / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,val_loss,val_accuracy" and len(history) == 1 + 200
     assert float(history[-1].split(",")[-1]) > 0.9
@@ -164,3 +166,31 @@ def test_missing_prepared_data_is_named(tmp_path, monkeypatch, make_params, run_
     with pytest.raises(DataError, match=r"^data/prepared/line/scaler\.json: file not found"):
         run_stage("train", make_params(), "line")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_softmax_lr_above_the_cross_entropy_bound_warns_then_stops_on_divergence(
+    digits_run, tmp_path, caplog, make_params, run_stage
+):
+    """Digits at lr 1000 (the issue's silent 0.39): a warning with the bound before
+    training, then a one-line divergence error citing it, and no weights."""
+    caplog.set_level(logging.INFO, logger="linflow")
+    params = make_params({"train.classification.lr": 1000, "train.classification.epochs": 3})
+    with pytest.raises(DivergenceError, match=r"training diverged: .* lr=1000.*bound is "
+                       r"2/lambda_max = 2\.75\d*; lower lr"):  # fmt: skip
+        train(run_stage, params, digits_run.data, tmp_path, "digits")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "train digits: lr=1000 exceeds the full-batch stable step bound 2/lambda_max = 2.75" in (
+        warning
+    )
+    assert "cross-entropy Hessian at the start" in warning
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_the_default_softmax_recipes_sit_under_the_bound(
+    digits_run, tmp_path, caplog, make_params, run_stage
+):
+    caplog.set_level(logging.INFO, logger="linflow")
+    params = make_params({"train.classification.epochs": 2})
+    assert train(run_stage, params, digits_run.data, tmp_path, "digits") is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("stable lr bound 2/lambda_max = 2.75" in r.getMessage() for r in caplog.records)

@@ -135,7 +135,7 @@ class ModelCard:
     epochs_run: int
     best_epoch: int
     stopped_early: bool
-    lr_bound: float | None  # full-batch stable step bound 2/lambda_max (squared loss only)
+    lr_bound: float | None  # full-batch stable step bound 2(1+momentum)/lambda_max; None for MAE
 
     WEIGHTS_LAYOUT = "weight (n_outputs, n_features), bias (n_outputs,)"
 

@@ -49,25 +49,29 @@ def _check_device(device: str) -> None:
         )
 
 
-def _lr_bound(X, cfg, task: str, dataset: str, derived: dict) -> float | None:
-    """The full-batch stable step bound (squared loss), logged, and a warning above it."""
+def _lr_bound(X, cfg, n_classes: int, dataset: str, derived: dict) -> float | None:
+    """The full-batch stable step bound, logged, and a warning above it: squared loss
+    (exact), cross-entropy (at the start, uniform predictions); none for MAE."""
     from linflow.training import bound_name, lr_stability_bound
 
-    if task != "regression" or cfg.loss != "mse":
+    if cfg.loss not in ("mse", "cross_entropy"):
         return None
-    lam, bound = lr_stability_bound(X, cfg.weight_decay, cfg.momentum)
+    lam, bound = lr_stability_bound(
+        X, cfg.weight_decay, cfg.momentum, loss=cfg.loss, n_classes=n_classes
+    )
     derived.update(lambda_max=lam, lr_bound=bound)
     name = bound_name(cfg.momentum)
-    log.info("train %s: lambda_max = %.4g, stable lr bound %s = %.4g", dataset, lam, name, bound)
+    where = " (cross-entropy Hessian at the start)" if cfg.loss == "cross_entropy" else ""
+    log.info(
+        "train %s: lambda_max = %.4g, stable lr bound %s = %.4g%s", dataset, lam, name, bound, where
+    )
     if cfg.lr > bound:
         log.warning(
-            "train %s: lr=%g exceeds the full-batch stable step bound %s = %.4g; "
-            "training may diverge",
-            dataset,
-            cfg.lr,
-            name,
-            bound,
-        )
+            "train %s: lr=%g exceeds the full-batch stable step bound %s = %.4g%s; "
+            "training may %s",
+            dataset, cfg.lr, name, bound, where,
+            "diverge" if cfg.loss == "mse" else "oscillate or diverge",
+        )  # fmt: skip
     return bound
 
 
@@ -122,7 +126,7 @@ def run(args, params) -> None:
     n, d = X.shape
     k = len(class_names) if ds.task == "classification" else 1
     derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
-    lr_bound = _lr_bound(X, cfg, ds.task, args.dataset, derived)
+    lr_bound = _lr_bound(X, cfg, len(class_names), args.dataset, derived)
     derived["n_params"] = k * d + k
 
     device = params.train.device

@@ -40,16 +40,14 @@ def deterministic() -> None:
 def graph_capturable(engine, X: torch.Tensor, batch_size: int) -> bool:
     """Whether fit may replay `engine`'s epochs from a CUDA graph.
 
-    The scratch engine without momentum (its first momentum step differs from
-    the others, so one recorded epoch would not fit them all), on a GPU, with
-    more than one batch an epoch.
+    The scratch engine (with or without momentum: its velocity starts at zero,
+    so every step is alike), on a GPU, with more than one batch an epoch.
     """
     from linflow.training.scratch import ScratchEngine
 
     return (
         X.is_cuda
         and isinstance(engine, ScratchEngine)
-        and not engine.momentum
         and isinstance(engine.lr, torch.Tensor)
         and batch_size < X.shape[0]
     )

@@ -95,8 +95,10 @@ class ScratchEngine:
         self.lr = torch.tensor(lr, dtype=W.dtype, device=W.device) if W.is_cuda else lr
         self._decay = torch.tensor(1.0 - lr * weight_decay, dtype=W.dtype, device=W.device)
         self.momentum = momentum
-        self._vW: torch.Tensor | None = None  # velocities (momentum > 0), as torch.optim.SGD
-        self._vb: torch.Tensor | None = None
+        # Heavy-ball velocities, as torch.optim.SGD's (which sets v = g at the first
+        # step: the same as m * 0 + g, so every step is alike and a CUDA graph holds them).
+        self._vW = torch.zeros_like(self.W) if momentum else None
+        self._vb = torch.zeros_like(self.b) if momentum else None
 
     def set_lr(self, lr: float) -> None:
         if isinstance(self.lr, torch.Tensor):
@@ -114,7 +116,7 @@ class ScratchEngine:
         and the weight update with its decay is a single GEMM,
         W <- (1 - lr wd) W - (lr / n) G^T X.
         """
-        if isinstance(self.lr, torch.Tensor) and not self.momentum:
+        if isinstance(self.lr, torch.Tensor):
             return self._device_step(X, y)
         W, b, n = self.W, self.b, X.shape[0]
         # Classes x rows throughout (Z^T, G^T): both GEMMs then run in the layout
@@ -128,8 +130,13 @@ class ScratchEngine:
             Gt.scatter_add_(0, yy, self._minus_ones(n, Gt.dtype))  # p - onehot(y)
         else:
             value, Gt = _residual_grad(Zt - y.view(1, -1), self.loss)  # (1, n)
-        if self.momentum:
-            self._momentum_step(Gt @ X / n, Gt.sum(dim=1) / n)
+        if self.momentum:  # v <- m v + (G^T X / n + wd W); W <- W - lr v (one GEMM)
+            self._vW.addmm_(Gt, X, beta=self.momentum, alpha=1.0 / n)
+            if self.weight_decay:
+                self._vW.add_(W, alpha=self.weight_decay)
+            self._vb.mul_(self.momentum).add_(Gt.sum(dim=1), alpha=1.0 / n)
+            W.sub_(self._vW, alpha=self.lr)
+            b.sub_(self._vb, alpha=self.lr)
             return value
         W.addmm_(Gt, X, beta=1.0 - self.lr * self.weight_decay, alpha=-self.lr / n)
         b.sub_(Gt.sum(dim=1), alpha=self.lr / n)
@@ -158,6 +165,15 @@ class ScratchEngine:
             G.add_(self._classes(G.shape[1]) == yy, alpha=-1.0)  # p - onehot(y)
         else:
             value, G = _residual_grad(Z - y.view(-1, 1), self.loss)  # (n, 1)
+        if self.momentum:  # the velocity sums raw gradients: lr is applied after
+            Gt = G.T.contiguous()
+            self._vW.addmm_(Gt, X, beta=self.momentum, alpha=1.0 / n)
+            if self.weight_decay:
+                self._vW.add_(W, alpha=self.weight_decay)
+            self._vb.mul_(self.momentum).add_(Gt.sum(dim=1), alpha=1.0 / n)
+            W.sub_(self._vW * self.lr)
+            b.sub_(self._vb * self.lr)
+            return value
         G.mul_(self.lr)
         Gt = G.T.contiguous()  # (k, n): G^T X then takes 4.7 us, not 10.4 (H200)
         if self.weight_decay:
@@ -165,23 +181,6 @@ class ScratchEngine:
         W.addmm_(Gt, X, alpha=-1.0 / n)
         b.sub_(Gt.sum(dim=1), alpha=1.0 / n)
         return value
-
-    def _momentum_step(self, dW: torch.Tensor, db: torch.Tensor) -> None:
-        """torch.optim.SGD's heavy ball: g = dW + wd W; v = g at the first step, else
-        v <- m v + g; W <- W - lr v (the bias likewise, without decay)."""
-        if self.weight_decay:
-            dW = dW.add_(self.W, alpha=self.weight_decay)
-        if self._vW is None:
-            self._vW, self._vb = dW.clone(), db.clone()
-        else:
-            self._vW.mul_(self.momentum).add_(dW)
-            self._vb.mul_(self.momentum).add_(db)
-        if isinstance(self.lr, torch.Tensor):
-            self.W.sub_(self._vW * self.lr)
-            self.b.sub_(self._vb * self.lr)
-        else:
-            self.W.sub_(self._vW, alpha=self.lr)
-            self.b.sub_(self._vb, alpha=self.lr)
 
     def _classes(self, k: int) -> torch.Tensor:
         cached = getattr(self, "_row", None)
