@@ -6,6 +6,7 @@ random (speed does not depend on them; the GPU machine has no dataset). Arms,
 interleaved, after a warm-up, median of the repetitions:
 
 - graph:   the scratch engine, the epoch replayed from one CUDA graph (what fit does)
+- graph_momentum: the same with heavy-ball momentum 0.9 (Fashion-MNIST's recipe)
 - eager:   the scratch engine, its steps launched one by one
 - torch:   the torch engine (nn.Linear + autograd + torch.optim.SGD), eager
 - replay:  the graph's replay alone (no permutation, validation or sync per epoch)
@@ -36,16 +37,18 @@ from linflow.training.cuda import deterministic  # noqa: E402
 N, D, K, BATCH = 49410, 784, 10, 256
 
 
-def _cfg(impl: str, epochs: int) -> SimpleNamespace:
+def _cfg(impl: str, epochs: int, momentum: float = 0.0) -> SimpleNamespace:
     return SimpleNamespace(
         impl=impl, loss="cross_entropy", lr=0.1, batch_size=BATCH, epochs=epochs,
-        weight_decay=5e-4, momentum=0.0, patience=0, seed=0, lr_schedule="constant",
+        weight_decay=5e-4, momentum=momentum, patience=0, seed=0, lr_schedule="constant",
     )  # fmt: skip
 
 
-def _epoch_seconds(impl: str, X, y, Xv, yv, graph: bool, epochs: int) -> float:
+def _epoch_seconds(
+    impl: str, X, y, Xv, yv, graph: bool, epochs: int, momentum: float = 0.0
+) -> float:
     """Median seconds per epoch of fit() over `epochs` epochs (fit times each epoch)."""
-    cfg = _cfg(impl, epochs)
+    cfg = _cfg(impl, epochs, momentum)
     real = loop.graph_capturable
     if not graph:
         loop.graph_capturable = lambda *a: False
@@ -102,6 +105,7 @@ def main() -> int:
     Xv, yv = X[:5000], y[:5000]
     arms = {
         "graph": lambda: _epoch_seconds("scratch", X, y, Xv, yv, True, args.epochs),
+        "graph_momentum": lambda: _epoch_seconds("scratch", X, y, Xv, yv, True, args.epochs, 0.9),
         "eager": lambda: _epoch_seconds("scratch", X, y, Xv, yv, False, args.epochs),
         "torch": lambda: _epoch_seconds("torch", X, y, Xv, yv, False, args.epochs),
         "replay": lambda: _replay(X, y),

@@ -75,9 +75,10 @@ def test_the_engines_parameters_live_on_the_gpu(impl):
 @cuda
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_gpu_and_cpu_runs_agree_within_the_stated_tolerance(impl, schedule):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_gpu_and_cpu_runs_agree_within_the_stated_tolerance(impl, schedule, momentum):
     X, y = _images()
-    cfg = _cfg(impl=impl, lr_schedule=schedule)
+    cfg = _cfg(impl=impl, lr_schedule=schedule, momentum=momentum)
     _, cpu = _fit("cpu", cfg, X, y)
     _, gpu = _fit("cuda", cfg, X, y)
     assert _rel(gpu.weight, cpu.weight) < TOL and _rel(gpu.bias, cpu.bias) < TOL
@@ -100,9 +101,10 @@ def test_regression_on_the_gpu_agrees_with_the_cpu(loss):
 
 @cuda
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_a_graph_epoch_equals_an_eager_gpu_epoch_bit_for_bit(monkeypatch, schedule):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])  # 0.9: Fashion-MNIST's recipe
+def test_a_graph_epoch_equals_an_eager_gpu_epoch_bit_for_bit(monkeypatch, schedule, momentum):
     X, y = _images()
-    cfg = _cfg(lr_schedule=schedule, epochs=4)
+    cfg = _cfg(lr_schedule=schedule, epochs=4, momentum=momentum)
     captured = []
     real = loop_module.EpochGraph
 

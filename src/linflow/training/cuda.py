@@ -80,9 +80,9 @@ class EpochGraph:
     def _warm_up(self) -> None:
         """Run the step's kernels once, on a side stream as capture requires, on
         the largest batch (so cached buffers are big enough), then restore the
-        parameters: warming up must not train."""
+        parameters and the momentum velocities: warming up must not train."""
         engine = self.engine
-        W, b = engine.get_params()
+        state = [t.clone() for t in engine.state()]
         widest = max(range(len(self.starts) - 1), key=lambda i: self.starts[i + 1] - self.starts[i])
         idx = self.perm[self.starts[widest] : self.starts[widest + 1]]
         side = torch.cuda.Stream()
@@ -90,7 +90,8 @@ class EpochGraph:
         with torch.cuda.stream(side):
             engine.step(self.X.index_select(0, idx), self.y.index_select(0, idx))
         torch.cuda.current_stream().wait_stream(side)
-        engine.set_params(W, b)
+        for live, saved in zip(engine.state(), state, strict=True):
+            live.copy_(saved)
 
     def run(self, perm: torch.Tensor) -> torch.Tensor:
         self.perm.copy_(perm, non_blocking=True)

@@ -203,6 +203,10 @@ class ScratchEngine:
     def outputs(self, X: torch.Tensor) -> torch.Tensor:
         return forward(X, self.W, self.b)  # (n, k)
 
+    def state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes: W, b and the velocities (with momentum)."""
+        return [self.W, self.b] + ([self._vW, self._vb] if self.momentum else [])
+
     def get_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.W.clone(), self.b.clone()
 
