@@ -10,6 +10,7 @@ filled.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,16 @@ from linflow.core.artifacts import CompareDoc, TestMetrics
 from linflow.core.errors import DataError
 from linflow.core.storage import read_json
 
-__all__ = ["Results", "EVALUATE_FILES", "COMPARE_FILES", "evaluate_results", "compare_results"]
+log = logging.getLogger("linflow")
+
+__all__ = [
+    "Results",
+    "EVALUATE_FILES",
+    "COMPARE_FILES",
+    "evaluate_results",
+    "compare_results",
+    "log_results_of_skipped_stages",
+]
 
 EVALUATE_FILES = ("metrics.json", "evaluation.json", "predictions.png")
 COMPARE_FILES = ("compare.json", "distance_to_reference.png", "reference_fit.png")
@@ -63,3 +73,39 @@ def compare_results(dataset: str, reports: Path) -> Results:
     return Results(
         metrics=metrics, tags=doc.mlflow_tags(), artifacts=_files(reports, COMPARE_FILES)
     )
+
+
+def log_results_of_skipped_stages(run, dataset: str, model_dir: Path, reports: Path) -> None:
+    """Log evaluate's and compare's results from their outputs when DVC will skip them.
+
+    Weights equal to those evaluate@<ds> last saw (dvc.lock) mean DVC skips it, so it
+    never logs to this run; with no earlier run of these weights in the store (a
+    fresh team server) its outputs in the workspace are this run's results.
+    """
+    from linflow.core import lockfile, tracking
+
+    lock = Path("dvc.lock")
+    used = []
+    for stage, read in (("evaluate", evaluate_results), ("compare", compare_results)):
+        name = f"{stage}@{dataset}"
+        if not lockfile.stage_current(lock, name, needs=[model_dir]):
+            continue  # DVC runs it (or it is not a DVC run): the stage logs itself
+        try:
+            res = read(dataset, reports)
+        except DataError as exc:
+            log.warning(
+                "train %s: DVC will skip %s but its outputs are unreadable (%s): the MLflow "
+                "run lacks its results; run `linflow publish %s` after the pipeline",
+                dataset, name, exc, dataset,
+            )  # fmt: skip
+            continue
+        run.log_results(res.metrics, res.tags, res.artifacts)
+        used.append(name)
+    if used:
+        run.set_tags({tracking.ADOPTED_TAG: "outputs of " + ", ".join(used)})
+        log.info(
+            "train %s: same weights as %s last saw (DVC skips them): their results from "
+            "reports/ are logged to this run",
+            dataset,
+            " and ".join(used),
+        )

@@ -118,6 +118,7 @@ def run(args, params) -> None:
 
     from linflow.core import plots, tracking
     from linflow.core.artifacts import ModelCard
+    from linflow.core.results import log_results_of_skipped_stages
     from linflow.core.storage import file_md5, save_npz, save_weights, write_csv, write_json
     from linflow.training import fit, make_engine
 
@@ -245,42 +246,4 @@ def run(args, params) -> None:
                 donor,
             )
         else:
-            _results_of_skipped_stages(run, args.dataset, model_dir, reports)
-
-
-def _results_of_skipped_stages(run, dataset: str, model_dir: Path, reports: Path) -> None:
-    """Log evaluate's and compare's results from their outputs when DVC will skip them.
-
-    Weights equal to those evaluate@<ds> last saw (dvc.lock) mean DVC skips it, so it
-    never logs to this run; with no earlier run of these weights in the store (a
-    fresh team server) its outputs in the workspace are this run's results.
-    """
-    from linflow.core import lockfile, tracking
-    from linflow.core.errors import DataError
-    from linflow.core.results import compare_results, evaluate_results
-
-    lock = Path("dvc.lock")
-    used = []
-    for stage, read in (("evaluate", evaluate_results), ("compare", compare_results)):
-        name = f"{stage}@{dataset}"
-        if not lockfile.stage_current(lock, name, needs=[model_dir]):
-            continue  # DVC runs it (or it is not a DVC run): the stage logs itself
-        try:
-            res = read(dataset, reports)
-        except DataError as exc:
-            log.warning(
-                "train %s: DVC will skip %s but its outputs are unreadable (%s): the MLflow "
-                "run lacks its results; run `linflow publish %s` after the pipeline",
-                dataset, name, exc, dataset,
-            )  # fmt: skip
-            continue
-        run.log_results(res.metrics, res.tags, res.artifacts)
-        used.append(name)
-    if used:
-        run.set_tags({tracking.ADOPTED_TAG: "outputs of " + ", ".join(used)})
-        log.info(
-            "train %s: same weights as %s last saw (DVC skips them): their results from "
-            "reports/ are logged to this run",
-            dataset,
-            " and ".join(used),
-        )
+            log_results_of_skipped_stages(run, args.dataset, model_dir, reports)
