@@ -50,7 +50,8 @@ def _dataset_names(argv: list[str]) -> list[str] | None:
         import yaml
 
         with open(path) as fh:
-            names = list((yaml.safe_load(fh) or {}).get("datasets") or {})
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+            names = list((yaml.load(fh, Loader=loader) or {}).get("datasets") or {})
     except Exception:  # a broken params.yaml is reported, with its key, when loaded
         return None
     return [str(n) for n in names] or None

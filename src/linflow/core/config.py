@@ -545,13 +545,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     import yaml
 
+    from linflow.core.storage import load_yaml
+
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (run from the repo root)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

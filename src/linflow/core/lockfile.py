@@ -64,9 +64,11 @@ def stage_current(lock_path: Path, stage: str, needs: Iterable[Path] = ()) -> bo
     is missing or unreadable."""
     import yaml
 
+    from linflow.core.storage import load_yaml
+
     root = lock_path.parent
     try:
-        entry = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(stage)
+        entry = (load_yaml(lock_path.read_text()) or {}).get("stages", {}).get(stage)
     except (OSError, yaml.YAMLError, AttributeError):
         return False
     if not isinstance(entry, Mapping):
@@ -91,7 +93,7 @@ def stage_current(lock_path: Path, stage: str, needs: Iterable[Path] = ()) -> bo
             return False
     for file, values in (entry.get("params") or {}).items():
         try:
-            current = yaml.safe_load((root / file).read_text())
+            current = load_yaml((root / file).read_text())
         except (OSError, yaml.YAMLError):
             return False
         if any(_dotted(current, k) != v for k, v in (values or {}).items()):

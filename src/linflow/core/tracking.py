@@ -305,9 +305,9 @@ def changed_from_committed(params_path: str | Path, dataset: str, current: Mappi
         )  # fmt: skip
         if res.returncode != 0:
             return {}
-        import yaml
+        from linflow.core.storage import load_yaml
 
-        before = parse_params(yaml.safe_load(res.stdout), str(rel))
+        before = parse_params(load_yaml(res.stdout), str(rel))
         old = flatten(run_view(before, dataset))
     except Exception:  # no git, not committed, an older schema: nothing to name
         return {}

@@ -332,9 +332,9 @@ def compare_metrics(
 def _load_doc(path: str, data: bytes) -> Any:
     if path.endswith(".json"):
         return json.loads(data)
-    import yaml
+    from linflow.core.storage import load_yaml
 
-    return yaml.safe_load(data)
+    return load_yaml(data)
 
 
 # --- outputs ------------------------------------------------------------------------

@@ -133,8 +133,10 @@ def read_lock(path: Path) -> dict[str, dict]:
     """The parsed `stages` of a dvc.lock; a one-line VerifyError when absent or corrupted."""
     import yaml
 
+    from linflow.core.storage import load_yaml
+
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except FileNotFoundError:
         raise VerifyError(f"{path.name}: not found (run dvc repro and commit dvc.lock)") from None
     except yaml.YAMLError as exc:
@@ -146,11 +148,12 @@ def read_lock(path: Path) -> dict[str, dict]:
 
 def declared_outputs(root: Path) -> tuple[list[Output], list[str], Path | None]:
     """(outputs in pipeline order, every stage name, the DVC cache folder) from dvc.yaml."""
-    import yaml
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    top = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    from linflow.core.storage import load_yaml
+
+    top = load_yaml((root / "dvc.yaml").read_text()) or {}
     top_metrics = {str(m) for m in top.get("metrics") or [] if isinstance(m, str)}
     try:
         with Repo(str(root)) as repo:
