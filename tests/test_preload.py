@@ -113,6 +113,8 @@ def test_a_folder_that_cannot_be_made_is_no_error(tmp_path, monkeypatch):
     assert preload.run(["train", "line"]) is None
 
 
+@pytest.mark.ci  # ~30 s of stages with and without the worker: make test-ci (CI) runs it,
+# keeping make test under 10 minutes; the e2e tests run every stage through the worker
 def test_outputs_are_byte_identical_with_and_without_the_worker(tmp_path, worker_env):
     env, sock, log = worker_env
     start_worker(env, sock, log)

@@ -59,6 +59,7 @@ def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo, pipeline_env()).stdout
 
 
+@pytest.mark.ci  # ~25 s: make test-ci and CI (whose make verify also reruns bit for bit)
 def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
     runs_before = _training_runs(repo)
     proc = subprocess.Popen(
