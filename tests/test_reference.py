@@ -174,17 +174,47 @@ def test_a_time_bound_stops_the_fit_after_the_call_that_crosses_it(monkeypatch):
     assert (ref.converged, ref.stopped_by, ref.n_iter) == (False, "max_seconds", 5)
 
 
-def test_a_fit_that_converges_in_one_call_is_one_plain_logistic_regression():
+def test_a_fit_is_plain_logistic_regression_in_float32_then_checked_in_float64():
+    """Unbounded, the fit is one plain float32 LogisticRegression fit on the centred
+    features, resumed by one float64 fit (warm start) that has the last word."""
     from sklearn.linear_model import LogisticRegression
 
     X, y = classification_data(6)
-    ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-6)
-    Xc = X - X.mean(axis=0)
-    plain = LogisticRegression(C=R.logistic_C(X.shape[0], 0.01, 3), max_iter=5000, tol=1e-6)
-    plain.fit(Xc, y)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-5)
+    mu = X.mean(axis=0).astype(np.float32)
+    plain = LogisticRegression(
+        C=R.logistic_C(X.shape[0], 0.01, 3), max_iter=5000, tol=1e-5, warm_start=True
+    )
+    plain.fit(X.astype(np.float32) - mu, y)  # the float32 features, centred
+    assert plain.coef_.dtype == np.float32  # scikit-learn fitted in float32, not a copy in float64
+    in_float32 = int(plain.n_iter_[0])
+    plain.fit(X - mu.astype(np.float64), y)
+    assert plain.coef_.dtype == np.float64
     W, _ = R.centre_softmax(plain.coef_, plain.intercept_)
-    assert ref.converged and ref.n_iter == int(plain.n_iter_[0])
+    assert ref.converged and ref.n_iter == in_float32 + int(plain.n_iter_[0])
+    # float32 stopped at 22 iterations saying "converged"; float64 disagreed and took 6 more
+    assert int(plain.n_iter_[0]) > 0 and ref.precision == "float32, then float64"
     np.testing.assert_array_equal(ref.weight, W)
+
+
+def test_a_float64_check_that_agrees_takes_no_iteration():
+    X, y = classification_data(6)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, max_iter=5000, tol=1e-3)
+    assert ref.converged and ref.precision == "float32"
+
+
+def test_a_tolerance_beyond_float32_is_finished_in_float64():
+    """tol 1e-8 is below what float32 losses resolve: lbfgs stops short of its iteration
+    limit, and the fit resumes in float64 to the same optimum a float64 fit reaches."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = classification_data(6)
+    ref = R.fit_logistic_regression(X, y, 3, 0.01, **TIGHT)
+    assert ref.converged and ref.precision == "float32, then float64"
+    plain = LogisticRegression(C=R.logistic_C(X.shape[0], 0.01, 3), **TIGHT)
+    plain.fit(X - X.mean(axis=0), y)
+    W, _ = R.centre_softmax(plain.coef_, plain.intercept_)
+    assert R.relative_l2(ref.weight, W) < 1e-6
 
 
 def test_logistic_regression_without_weight_decay_is_unpenalised():

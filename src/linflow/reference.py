@@ -68,6 +68,7 @@ class ReferenceFit:
     n_iter: int | None = None
     converged: bool = True
     stopped_by: str | None = None  # "max_iter" or "max_seconds" when not converged
+    precision: str | None = None  # the arithmetic an iterative fit ran in
 
 
 # --- the weight-decay mappings --------------------------------------------------
@@ -197,7 +198,7 @@ def fit_sklearn_lasso(
 # --- classification reference ---------------------------------------------------
 
 
-CHUNK = 200  # lbfgs iterations per call: more than any default fit needs (digits 31, fashion 145)
+CHUNK = 400  # lbfgs iterations per call: more than any default fit needs (digits 52, fashion 203)
 
 
 def fit_logistic_regression(
@@ -215,11 +216,22 @@ def fit_logistic_regression(
     X (n, d), y (n,) int labels in [0, n_classes), every class present.
     Returns centred softmax weights W (n_classes, d), b (n_classes,).
 
+    Float32 first: the features are float32 (what the model sees), and each lbfgs
+    iteration is two passes over X, bound by memory bandwidth, so float32 halves
+    its cost (Fashion-MNIST: 263 iterations in 13 s vs 295 in 30 s at tol 1e-5).
+    Float64 has the last word: the fit resumes in float64, on X as given, from
+    where float32 stopped, whether float32 ran out of precision (a call that ends
+    short of its iteration limit unconverged: no step the float32 loss can tell
+    from the last) or says it converged (lbfgs also says so when the float32 loss
+    stops changing); that call takes 0 iterations when the float64 gradient is
+    already within tol. ``precision`` records which ran.
+
     Bounded: lbfgs runs in calls of CHUNK iterations (``warm_start``: each call
     resumes from the last weights), and stops after `max_iter` iterations or the
     first call that ends past `max_seconds`; ``on_progress(iterations, seconds)``
     hears about each call that did not converge. A fit that converges within the
-    first call (every default fit) is exactly one plain LogisticRegression fit.
+    first call (every default fit) is exactly one plain LogisticRegression fit
+    on the centred float32 features.
     ``converged`` is False, and ``stopped_by`` says which bound stopped it, when
     lbfgs raised a ConvergenceWarning in the last call (the warnings themselves
     are swallowed: the caller decides what a non-converged reference means).
@@ -247,22 +259,29 @@ def fit_logistic_regression(
     # + (b + mu.W) is the same model and the optimum W is unchanged, while lbfgs
     # converges much faster without the mean direction (Fashion-MNIST pixels: 135
     # iterations / 17 s instead of 224 / 30 s at tol 1e-4).
-    Xc = X.astype(np.float64)  # (n, d), our own copy: centred in place
-    mu = Xc.mean(axis=0)
+    mu = np.asarray(X.mean(axis=0, dtype=np.float64), dtype=np.float32)  # (d,)
+    Xc = np.array(X, dtype=np.float32)  # (n, d), our own copy: centred in place
     Xc -= mu
-    t0, total, stopped_by = time.monotonic(), 0, None
+    t0, total, stopped_by, in_float64 = time.monotonic(), 0, None, None
     while True:
         model.max_iter = min(CHUNK, max_iter - total)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.fit(Xc, y)
-        total += int(np.max(model.n_iter_))
+        done = int(np.max(model.n_iter_))
+        total += done
+        if in_float64 is not None:
+            in_float64 += done
         converged = True
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
                 converged = False
             else:  # not ours to swallow
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if in_float64 is None and (converged or done < model.max_iter) and total < max_iter:
+            # float32 is done: converged (or its loss stopped changing), or out of precision
+            Xc, in_float64 = np.asarray(X, dtype=np.float64) - mu.astype(np.float64), 0
+            continue
         if converged:
             break
         elapsed = time.monotonic() - t0
@@ -274,12 +293,16 @@ def fit_logistic_regression(
             on_progress(total, elapsed)
         if stopped_by:
             break
+    precision = "float32, then float64" if in_float64 else "float32"
     del Xc
-    W, b = model.coef_, model.intercept_ - model.coef_ @ mu
+    W = np.asarray(model.coef_, dtype=np.float64)
+    b = np.asarray(model.intercept_, dtype=np.float64) - W @ mu.astype(np.float64)
     if n_classes == 2:  # one binary vector v = w_1 - w_0 -> softmax rows [-v/2, v/2]
         W, b = np.vstack([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
     W, b = centre_softmax(W, b)
-    return ReferenceFit(W, b, n_iter=total, converged=converged, stopped_by=stopped_by)
+    return ReferenceFit(
+        W, b, n_iter=total, converged=converged, stopped_by=stopped_by, precision=precision
+    )
 
 
 def centre_softmax(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

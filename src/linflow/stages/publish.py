@@ -158,7 +158,7 @@ def _training(dataset: str, params, args) -> _Run:
 # reference.json's per-reference keys that are results, not settings
 _RESULT_KEYS = {
     "weight", "bias", "train_loss", "train_objective", "test", "rel_l2_to_primary",
-    "n_iter", "converged", "stopped_by",
+    "n_iter", "converged", "stopped_by", "precision",
 }  # fmt: skip
 
 

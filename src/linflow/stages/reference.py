@@ -186,6 +186,8 @@ def run(args, params) -> None:
         }
         if f.n_iter is not None:
             refs[name]["n_iter"] = f.n_iter
+        if f.precision is not None:
+            refs[name]["precision"] = f.precision
         if not f.converged:  # (converged fits keep today's bytes)
             refs[name].update(converged=False, stopped_by=f.stopped_by)
     doc = ReferenceDoc(
