@@ -54,8 +54,8 @@ run: setup fashion-data ## set up .venv, then run the default pipeline (dvc repr
 test: setup fashion-data ## the test suite: unit + end-to-end pipeline (~10 min); not the ci-marked ones
 	$(PY) -m pytest -m "not ci"
 
-test-fast: setup ## unit tests only (skip the slow whole-pipeline tests)
-	$(PY) -m pytest -m "not slow"
+test-fast: setup ## unit tests only (skip the slow whole-pipeline tests and the ci-marked ones)
+	$(PY) -m pytest -m "not slow and not ci"
 
 test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command of docs/lessons.md, the browser test (~9 min)
 	$(PY) -m pytest -m ci
