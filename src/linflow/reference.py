@@ -229,9 +229,9 @@ def fit_logistic_regression(
     Bounded: lbfgs runs in calls of CHUNK iterations (``warm_start``: each call
     resumes from the last weights), and stops after `max_iter` iterations or the
     first call that ends past `max_seconds`; ``on_progress(iterations, seconds)``
-    hears about each call that did not converge. A fit that converges within the
-    first call (every default fit) is exactly one plain LogisticRegression fit
-    on the centred float32 features.
+    hears about each call that did not converge. Unbounded (every default fit),
+    it is one plain LogisticRegression fit on the centred float32 features, then
+    one warm-started fit on the same features in float64.
     ``converged`` is False, and ``stopped_by`` says which bound stopped it, when
     lbfgs raised a ConvergenceWarning in the last call (the warnings themselves
     are swallowed: the caller decides what a non-converged reference means).
@@ -280,7 +280,8 @@ def fit_logistic_regression(
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if in_float64 is None and (converged or done < model.max_iter) and total < max_iter:
             # float32 is done: converged (or its loss stopped changing), or out of precision
-            Xc, in_float64 = np.asarray(X, dtype=np.float64) - mu.astype(np.float64), 0
+            Xc, in_float64 = X.astype(np.float64), 0  # one new copy, centred in place
+            Xc -= mu.astype(np.float64)
             continue
         if converged:
             break
