@@ -12,7 +12,7 @@ import numpy as np
 
 from linflow.core.errors import DataError
 
-__all__ = ["split_indices", "fit_scaler"]
+__all__ = ["split_indices", "fit_scaler", "table_split_error"]
 
 
 def _counts(n: int, val: float, test: float) -> tuple[int, int, int]:
@@ -27,6 +27,7 @@ def split_indices(
     rng: np.random.Generator,
     y: np.ndarray | None = None,
     is_test: np.ndarray | None = None,
+    class_names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted, disjoint (train, val, test) row indices covering range(n).
 
@@ -43,6 +44,7 @@ def split_indices(
             (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0),
             rng,
             None if y is None else y[rest],
+            class_names=class_names,
         )
         return rest[tr], rest[va], np.flatnonzero(is_test)
     groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
@@ -55,7 +57,10 @@ def split_indices(
             if f > 0 and c < 1
         ]
         if empty:
-            what = "the data" if y is None else f"class {y[members[0]].item()!r}"
+            label = None if y is None else y[members[0]].item()
+            if label is not None and class_names is not None:
+                label = class_names[label]
+            what = "the data" if y is None else f"class {label!r}"
             key = empty[0]
             raise DataError(
                 f"split.{key} = {fractions[('train', 'val', 'test').index(key)]:g} leaves an empty "
@@ -70,8 +75,14 @@ def split_indices(
     return tr, va, te
 
 
-def fit_scaler(X: np.ndarray, x_scale: float, standardize: bool) -> dict:
-    """Per-feature mean/std of the (train) features X * x_scale; std 0 -> 1."""
+def fit_scaler(
+    X: np.ndarray, x_scale: float, standardize: bool, columns: int | None = None
+) -> dict:
+    """Per-feature mean/std of the (train) features X * x_scale; std 0 -> 1.
+
+    With `columns`, only the first `columns` features are standardised (a table's
+    numeric columns); the rest (its one-hot indicators) keep mean 0, std 1.
+    """
     d = X.shape[1]
     if not standardize:
         return {"standardize": False, "x_scale": x_scale, "mean": [0.0] * d, "std": [1.0] * d}
@@ -79,4 +90,14 @@ def fit_scaler(X: np.ndarray, x_scale: float, standardize: bool) -> dict:
     mean = Xf.mean(axis=0)
     std = Xf.std(axis=0)
     std[std == 0] = 1.0  # constant features (e.g. border pixels) stay 0 after centring
+    if columns is not None:
+        mean[columns:], std[columns:] = 0.0, 1.0
     return {"standardize": True, "x_scale": x_scale, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def table_split_error(path: str, target: str, exc: DataError) -> DataError:
+    """split_indices' error for a table, naming its file and target column."""
+    return DataError(
+        f"{path}: target column {target!r}: {exc} (a stratified split puts every class in "
+        "train, val and test: remove or merge rare classes)"
+    )

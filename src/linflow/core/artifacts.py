@@ -34,6 +34,8 @@ __all__ = [
     "CompareDoc",
     "TestMetrics",
     "apply_scaler",
+    "table_transform",
+    "array_transform",
     "validate_arrays",
     "check_task",
     "read_raw",
@@ -85,8 +87,15 @@ def validate_arrays(arrays: Mapping[str, np.ndarray], where: str) -> None:
         )
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise DataError(f"{where}: y must have shape ({X.shape[0]},), got {y.shape}")
+    # A raw table (X_cat beside X) may hold NaN for an empty cell (data.missing: impute),
+    # filled by split; never inf, and nothing non-finite once split has encoded it.
+    allowed = np.isnan if "X_cat" in arrays else None
     if X.dtype.kind == "f" and not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
+        bad_values = ~np.isfinite(X) & ~(allowed(X) if allowed else False)
+    else:
+        bad_values = None
+    if bad_values is not None and bad_values.any():
+        bad = np.argwhere(bad_values)[0]
         raise DataError(
             f"{where}: X has a non-finite value ({X[tuple(bad)]}) at row {bad[0]}, column {bad[1]}"
         )
@@ -112,6 +121,42 @@ def check_task(path: object, found: str, dataset: str, task: str, what: str = "d
     """An input made for another task than params.yaml says is stale: one error, one wording."""
     if found != task:
         raise TaskMismatchError(path, found, dataset, task, what)
+
+
+# --- the input transform: raw columns -> what the model sees ------------------------
+
+TRANSFORM_VERSION = 1
+
+
+def table_transform(
+    table: Mapping, encoder: Mapping, feature_names: list[str], class_names: list[str], scaler
+) -> dict:
+    """transform.json of a table: its raw input columns, the encoder fitted on the train
+    rows (imputation, one-hot levels: linflow.transform), then the scaler."""
+    return {
+        "version": TRANSFORM_VERSION,
+        "kind": "table",
+        "source": table["path"],
+        "target": table["target"],
+        "inputs": table["inputs"],  # [{name, kind: numeric|bool|date|categorical}]
+        "encoder": dict(encoder),
+        "feature_names": feature_names,  # the model's inputs, after encoding
+        "class_names": class_names,
+        "scaler": dict(scaler),
+    }
+
+
+def array_transform(feature_names: list[str], class_names: list[str], scaler) -> dict:
+    """transform.json of a built-in set: its features are the model's inputs, scaled."""
+    return {
+        "version": TRANSFORM_VERSION,
+        "kind": "array",
+        "inputs": [{"name": f, "kind": "numeric"} for f in feature_names],
+        "encoder": None,
+        "feature_names": feature_names,
+        "class_names": class_names,
+        "scaler": dict(scaler),
+    }
 
 
 # --- documents ----------------------------------------------------------------------

@@ -157,8 +157,14 @@ class SplitOverrides(_Strict):
 class _Dataset(_Strict):
     """What every dataset has besides its source and task: prepare reads ``data``,
     split ``standardize`` and ``split``, train ``train`` -- three separate keys, so a
-    training knob never re-runs prepare (dvc.yaml lists each stage's keys)."""
+    training knob never re-runs prepare (dvc.yaml lists each stage's keys).
 
+    ``path`` is the file prepare reads the rows from, a DVC dependency of prepare
+    (dvc.yaml: ``${item.path}``): a table's file, or the module that generates or
+    loads a built-in set. DVC interpolates it for every entry, so params.yaml lists it
+    for every entry; the defaults here are the built-ins' modules."""
+
+    path: Annotated[str, _allowed("a non-empty file path", min_length=1)]
     standardize: bool = False
     split: SplitOverrides = SplitOverrides()
     train: TrainOverrides = TrainOverrides()
@@ -166,12 +172,20 @@ class _Dataset(_Strict):
 
 class LineSource(_Dataset):
     source: Literal["line"]
+    path: Literal["src/linflow/datasets/synthetic.py"] = _allowed(
+        "'src/linflow/datasets/synthetic.py' (the code that makes it)",
+        default="src/linflow/datasets/synthetic.py",
+    )
     task: Literal["regression"] = _allowed("'regression' for source line")
     data: LineData = LineData()
 
 
 class SyntheticSource(_Dataset):
     source: Literal["synthetic"]
+    path: Literal["src/linflow/datasets/synthetic.py"] = _allowed(
+        "'src/linflow/datasets/synthetic.py' (the code that makes it)",
+        default="src/linflow/datasets/synthetic.py",
+    )
     task: Literal["regression"] = _allowed("'regression' for source synthetic")
     data: SyntheticData
 
@@ -180,6 +194,10 @@ class DiabetesSource(_Dataset):
     """scikit-learn's bundled diabetes regression set (442 x 10)."""
 
     source: Literal["diabetes"]
+    path: Literal["src/linflow/datasets/bundled.py"] = _allowed(
+        "'src/linflow/datasets/bundled.py' (the code that makes it)",
+        default="src/linflow/datasets/bundled.py",
+    )
     task: Literal["regression"] = _allowed("'regression' for source diabetes")
     data: NoData = NoData()
     standardize: bool = True
@@ -189,6 +207,10 @@ class DigitsSource(_Dataset):
     """scikit-learn's bundled 8x8 digits (1797 x 64, 10 classes), pixels in [0, 1]."""
 
     source: Literal["digits"]
+    path: Literal["src/linflow/datasets/bundled.py"] = _allowed(
+        "'src/linflow/datasets/bundled.py' (the code that makes it)",
+        default="src/linflow/datasets/bundled.py",
+    )
     task: Literal["classification"] = _allowed("'classification' for source digits")
     data: NoData = NoData()
     standardize: bool = True
@@ -198,19 +220,92 @@ class FashionMnistSource(_Dataset):
     """Fashion-MNIST (60000 + 10000 images of 28x28, 10 classes)."""
 
     source: Literal["fashion_mnist"]
+    path: Literal["src/linflow/datasets/fashion_mnist.py"] = _allowed(
+        "'src/linflow/datasets/fashion_mnist.py' (the code that makes it)",
+        default="src/linflow/datasets/fashion_mnist.py",
+    )
     task: Literal["classification"] = _allowed("'classification' for source fashion_mnist")
     data: FashionMnistData = FashionMnistData()
+
+
+ColumnList = Annotated[list[str], _allowed("a list of column names")]
+
+
+class TableData(_Strict):
+    """A user's table (datasets/table.py): how to read it and what each column is.
+
+    Everything fitted from data (imputed values, one-hot levels, standardisation) is
+    fitted later, by split, on the train rows only (linflow.transform)."""
+
+    # csv, tsv, parquet, jsonl (one JSON object a line); auto: by the file's extension.
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = _allowed(
+        "one of 'auto', 'csv', 'tsv', 'parquet', 'jsonl'", default="auto"
+    )
+    # CSV only; auto: the one of , ; tab | that splits every sampled line alike.
+    delimiter: Literal["auto", ",", ";", "\t", "|"] = _allowed(
+        "one of 'auto', ',', ';', '\\t', '|'", default="auto"
+    )
+    # CSV only; auto: ',' when the delimiter is not ',' and numbers are written 1,5.
+    decimal: Literal["auto", ".", ","] = _allowed("one of 'auto', '.', ','", default="auto")
+    target: Annotated[str, _allowed("a column name", min_length=1)]
+    features: ColumnList | None = None  # null: every column but the target and `drop`
+    drop: ColumnList = []
+    # Text (or a few integer codes) to one-hot encode; levels come from the train split.
+    categorical: ColumnList = []
+    dates: ColumnList = []  # parsed as dates -> days since 1970-01-01 (a number)
+    # error: any empty cell among the used columns is an error that counts them;
+    # impute: numbers get the train split's median, categories a level of their own.
+    missing: Literal["error", "impute"] = _allowed("one of 'error', 'impute'", default="error")
+    # The most memory reading the table may take, in MiB; null: half of what is available.
+    max_memory_mb: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _columns(self) -> TableData:
+        if self.features is not None and self.drop:
+            raise ValueError("give features (the columns to use) or drop, not both")
+        for key in ("features", "drop", "categorical", "dates"):
+            names = getattr(self, key) or []
+            if self.target in names:
+                raise ValueError(f"{key} must not name the target column {self.target!r}")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{key} names {twice[0]!r} twice")
+        both = sorted(set(self.categorical) & set(self.dates))
+        if both:
+            raise ValueError(f"column {both[0]!r} is in both categorical and dates")
+        dropped = sorted((set(self.categorical) | set(self.dates)) & set(self.drop))
+        if dropped:
+            raise ValueError(f"column {dropped[0]!r} is dropped and also declared")
+        return self
+
+
+class TableSource(_Dataset):
+    """A user's own table (CSV, TSV, Parquet, JSON Lines): ``linflow add-dataset``."""
+
+    source: Literal["table"]
+    task: Literal["regression", "classification"] = _allowed(
+        "one of 'regression', 'classification'"
+    )
+    data: TableData
+    standardize: bool = True  # raw scales (years next to cents) would stall SGD
 
 
 # The one list of data sources (name -> its params model); datasets/__init__.py maps
 # the same names to their loaders, and a test holds the two to the same names.
 SOURCE_MODELS: dict[str, type[_Strict]] = {
     get_args(m.model_fields["source"].annotation)[0]: m
-    for m in (LineSource, SyntheticSource, DiabetesSource, DigitsSource, FashionMnistSource)
+    for m in (
+        LineSource,
+        SyntheticSource,
+        DiabetesSource,
+        DigitsSource,
+        FashionMnistSource,
+        TableSource,
+    )
 }
 SOURCES = tuple(SOURCE_MODELS)
 DatasetConfig = Annotated[
-    LineSource | SyntheticSource | DiabetesSource | DigitsSource | FashionMnistSource,
+    LineSource | SyntheticSource | DiabetesSource | DigitsSource | FashionMnistSource | TableSource,
     Field(discriminator="source"),
 ]
 TASKS = ("regression", "classification")

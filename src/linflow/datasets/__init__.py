@@ -1,7 +1,8 @@
 """Data sources: each returns a :class:`RawData` built from its config.
 
 One module per source: ``synthetic`` (line, d2l synthetic), ``bundled``
-(scikit-learn's diabetes and digits) and ``fashion_mnist``. Sources that
+(scikit-learn's diabetes and digits), ``fashion_mnist`` and ``table`` (a user's
+own CSV / TSV / Parquet / JSON Lines file). Sources that
 generate data draw from a NumPy generator seeded by (seed, dataset name), so
 each dataset has its own stream and the same seed gives the same bytes.
 """
@@ -32,6 +33,10 @@ class RawData:
     class_names: list[str] = field(default_factory=list)
     x_scale: float = 1.0  # features in memory are X * x_scale (uint8 images stay small on disk)
     is_test: np.ndarray | None = None  # an official test split to keep, if the source has one
+    # Tables only: text columns (n, c), '' for an empty cell, one-hot encoded by split,
+    # and what split and later consumers need to know of the file (datasets/table.py).
+    categorical: np.ndarray | None = None
+    table: dict | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -44,6 +49,11 @@ class RawData:
         }
         if self.is_test is not None:
             arrays["is_test"] = self.is_test
+        if self.table is not None:
+            import json
+
+            arrays["X_cat"] = self.categorical
+            arrays["table"] = np.array(json.dumps(self.table, sort_keys=True))
         return arrays
 
 
@@ -55,6 +65,7 @@ LOADERS: dict[str, tuple[str, str]] = {
     "diabetes": ("bundled", "load_diabetes"),
     "digits": ("bundled", "load_digits"),
     "fashion_mnist": ("fashion_mnist", "load"),
+    "table": ("table", "load"),
 }
 
 
@@ -63,10 +74,11 @@ def load_source(name: str, cfg, seed: int) -> RawData:
 
     Every loader takes (cfg.data, rng): the source's own knobs (bundled sets have
     none), and a stream seeded by (seed, dataset name) that only generated sources
-    draw from.
+    draw from. A table's loader takes the whole entry: its file is ``cfg.path``
+    and its task is the entry's, checked against the target column.
     """
     import importlib
 
     module, func = LOADERS[cfg.source]
     loader = getattr(importlib.import_module(f"linflow.datasets.{module}"), func)
-    return loader(cfg.data, make_rng(seed, name))
+    return loader(cfg if cfg.source == "table" else cfg.data, make_rng(seed, name))

@@ -26,7 +26,7 @@ PIPELINE = (
     "report",
     "gd",
 )
-COMMANDS = ("verify", "portability", "publish")
+COMMANDS = ("add-dataset", "verify", "portability", "publish")
 
 # One line each: `linflow --help` lists them without importing a stage.
 DESCRIPTIONS = {
@@ -39,6 +39,8 @@ DESCRIPTIONS = {
     "compare": "gaps between the trained model and the reference; the gate",
     "report": "reports/summary.md over all datasets and the numeric platform",
     "gd": "gradient descent on 2x^2 and x^2+y^2+z^2 at several step sizes (numpy and autograd)",
+    "add-dataset": "add a dataset entry for your own table (CSV, TSV, Parquet, JSON Lines) to "
+    "params.yaml",
     "verify": "re-run the pipeline (dvc repro -f) and judge it against the committed results",
     "portability": "run verify as other CPUs would (emulated kernel variants); print the spreads",
     "publish": "send every dataset's training and reference runs to the tracking store from "
@@ -50,4 +52,4 @@ def load(name: str) -> ModuleType:
     """The module of subcommand `name` (one of PIPELINE + COMMANDS)."""
     if name not in DESCRIPTIONS:
         raise KeyError(name)
-    return importlib.import_module(f"linflow.stages.{name}")
+    return importlib.import_module(f"linflow.stages.{name.replace('-', '_')}")

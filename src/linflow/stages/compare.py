@@ -3,7 +3,8 @@
 Reads ``models/<ds>/``, ``reports/<ds>/reference.json``, the train and test
 splits and params ``compare.<task>``; writes ``reports/<ds>/gaps.json`` (DVC
 metrics: the gated gaps), ``compare.json`` (every diagnostic), ``distance.csv``
-and two figures, and logs the gaps to the training run. A gap over its
+and two figures, a copy of compare.json as the dataset's row of the summary
+(``reports/summary/<ds>.json``: the folder the report stage depends on), and logs the gaps to the training run. A gap over its
 tolerance is written (``passed: false``) and said on the console, and the stage
 completes: a learner's ``dvc exp run -S ...`` is never failed for not converging.
 The gate is ``linflow verify`` (make verify, CI) and the tests, which fail on a
@@ -169,6 +170,7 @@ def run(args, params) -> None:
     write_json(out, doc.to_json())
     # DVC metrics: only the gaps the gate checks, keyed by dataset (short dvc exp show columns).
     write_json(reports / "gaps.json", {args.dataset: doc.gated()})
+    write_json(reports.parent / "summary" / f"{args.dataset}.json", doc.to_json())
     tracking.log_to_training_run(
         args.dataset,
         weights_md5,

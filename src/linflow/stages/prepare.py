@@ -28,4 +28,6 @@ def run(args, params) -> None:
     arrays = raw.to_arrays()
     validate_arrays(arrays, f"dataset {args.dataset}")
     save_npz(out, **arrays)
+    if raw.table is not None:
+        log.info("prepare %s: read %s as %s", args.dataset, raw.table["path"], raw.table["read_as"])
     log.info("prepare %s: %d rows x %d features -> %s", args.dataset, *raw.X.shape, out)

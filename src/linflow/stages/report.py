@@ -1,7 +1,9 @@
 """report: ``reports/summary.md`` over all datasets, and the numeric platform.
 
-Reads each dataset's ``reports/<ds>/compare.json`` (our test metrics beside the
-reference's, and every checked gap); writes the summary as two markdown tables
+Reads each dataset's row, ``reports/summary/<ds>.json`` (compare's document: our
+test metrics beside the reference's, and every checked gap), for every dataset
+params.yaml lists, in its order (a removed dataset's row, left on disk, is not
+shown); writes the summary as two markdown tables
 and, with ``--platform``, ``reports/platform.json``: the CPU kernels, library
 versions and thread counts these results were made with (verify/platform.py).
 """
@@ -37,7 +39,9 @@ _MODELS = {"regression": "LinearRegression", "classification": "SoftmaxRegressio
 
 
 def add_arguments(p) -> None:
-    p.add_argument("datasets", nargs="+", help="datasets to summarise, in table order")
+    p.add_argument(
+        "datasets", nargs="*", help="datasets to summarise, in table order (default: params.yaml's)"
+    )
     p.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
     p.add_argument("--out", help="summary markdown (default: <reports>/summary.md)")
     p.add_argument("--platform", help="where to record the numeric platform (json)")
@@ -86,13 +90,14 @@ def run(args, params) -> None:
     reports = Path(args.reports)
     out = args.out or str(reports / "summary.md")
     lines, gaps = list(_HEAD), list(_GAPS_HEAD)
-    for name in args.datasets:
-        path = reports / name / "compare.json"
+    names = args.datasets or list(params.datasets)
+    for name in names:
+        path = reports / "summary" / f"{name}.json"
         c = CompareDoc.from_json(read_json(path), str(path))
         lines += _metric_rows(name, c)
         gaps += _gap_rows(name, c)
     write_text(out, "\n".join(lines + gaps) + "\n")
-    log.info("report: %d datasets -> %s", len(args.datasets), out)
+    log.info("report: %d datasets -> %s", len(names), out)
     if args.platform:
         from linflow.verify.platform import describe, fingerprint
 

@@ -3,13 +3,19 @@
 Reads ``data/raw/<ds>.npz`` and params ``split``, ``seed``,
 ``datasets.<ds>.{task, standardize, split}``; writes ``data/prepared/<ds>/``:
 ``{train,val,test}.npz`` (the raw rows, plus their indices) and ``scaler.json``
-fitted on the train rows only. The maths is :mod:`linflow.split`.
+fitted on the train rows only. A table (source ``table``) is also encoded here:
+imputation and one-hot levels are fitted on its train rows (:mod:`linflow.transform`),
+the splits hold the encoded matrix, and ``transform.json`` says how to encode any
+other rows the same way. The maths is :mod:`linflow.split`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger("linflow")
 
@@ -25,26 +31,74 @@ def add_arguments(p) -> None:
 
 def run(args, params) -> None:
     from linflow.core.artifacts import SPLITS, check_task, read_raw
+    from linflow.core.errors import DataError
     from linflow.core.seeding import make_rng
     from linflow.core.storage import save_npz, write_json
-    from linflow.split import fit_scaler, split_indices
+    from linflow.split import fit_scaler, split_indices, table_split_error
 
     raw_path = Path(args.raw or f"data/raw/{args.dataset}.npz")
     out = Path(args.out or f"data/prepared/{args.dataset}")
     cfg = params.dataset(args.dataset)
     raw = read_raw(raw_path)
     check_task(raw_path, str(raw["task"]), args.dataset, cfg.task)
+    table = json.loads(str(raw["table"])) if "table" in raw else None
     s = params.split_config(args.dataset)
-    idx = split_indices(
-        raw["y"].shape[0],
-        (s.train, s.val, s.test),
-        make_rng(params.seed, f"split/{args.dataset}"),
-        y=raw["y"] if cfg.task == "classification" else None,
-        is_test=raw.get("is_test"),
-    )
-    scaler = fit_scaler(raw["X"][idx[0]], float(raw["x_scale"]), cfg.standardize)
-    keep = {k: v for k, v in raw.items() if k not in ("X", "y", "is_test")}
+    try:
+        idx = split_indices(
+            raw["y"].shape[0],
+            (s.train, s.val, s.test),
+            make_rng(params.seed, f"split/{args.dataset}"),
+            y=raw["y"] if cfg.task == "classification" else None,
+            is_test=raw.get("is_test"),
+            class_names=[str(c) for c in raw["class_names"]] if table else None,
+        )
+    except DataError as exc:
+        if table is None:
+            raise
+        raise table_split_error(table["path"], table["target"], exc) from None
+    keep = {k: v for k, v in raw.items() if k not in ("X", "y", "is_test", "X_cat", "table")}
+    if table is None:
+        X = raw["X"]
+        scaler = fit_scaler(X[idx[0]], float(raw["x_scale"]), cfg.standardize)
+    else:
+        X, scaler, transform = _encode_table(raw, table, idx, cfg.standardize, args.dataset)
+        keep["feature_names"] = np.array(transform["feature_names"])
+        write_json(out / "transform.json", transform)
     for name, rows in zip(SPLITS, idx, strict=True):
-        save_npz(out / f"{name}.npz", X=raw["X"][rows], y=raw["y"][rows], index=rows, **keep)
+        save_npz(out / f"{name}.npz", X=X[rows], y=raw["y"][rows], index=rows, **keep)
     write_json(out / "scaler.json", scaler)
     log.info("split %s: train/val/test = %d/%d/%d", args.dataset, *(i.size for i in idx))
+
+
+def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):
+    """(encoded X of every row (float32), its scaler, the transform document): the encoder
+    and the scaler are fitted on the train rows only."""
+    from linflow.core.artifacts import table_transform
+    from linflow.split import fit_scaler
+    from linflow.transform import encode, encoded_names, fit_encoder
+
+    train = idx[0]
+    encoder = fit_encoder(
+        raw["X"][train],
+        raw["X_cat"][train],
+        [str(f) for f in raw["feature_names"]],
+        table["categorical"],
+        table["missing"],
+    )
+    X, unseen = encode(encoder, raw["X"], raw["X_cat"])  # (n, d_encoded)
+    for column, rows in unseen.items():
+        log.warning(
+            "split %s: %d val/test row(s) have a level of %r not seen in the train rows; "
+            "encoded as its baseline level (all indicators 0)",
+            dataset, rows, column,
+        )  # fmt: skip
+    scaler = fit_scaler(X[train], 1.0, standardize, columns=len(encoder["numeric"]))
+    transform = table_transform(
+        table, encoder, encoded_names(encoder), [str(c) for c in raw["class_names"]], scaler
+    )
+    log.info(
+        "split %s: %s, %d input column(s) -> %d model feature(s) (%d one-hot)",
+        dataset, table["read_as"], len(table["inputs"]), X.shape[1],
+        X.shape[1] - len(encoder["numeric"]),
+    )  # fmt: skip
+    return X, scaler, transform

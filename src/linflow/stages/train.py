@@ -75,6 +75,17 @@ def _lr_bound(X, cfg, n_classes: int, dataset: str, derived: dict) -> float | No
     return bound
 
 
+def _transform(data: Path, meta: dict, class_names: list[str]) -> dict:
+    """A table's transform.json as split fitted it; for a built-in set, its scaler."""
+    from linflow.core.artifacts import array_transform
+    from linflow.core.storage import read_json
+
+    if (data / "transform.json").is_file():
+        return read_json(data / "transform.json")
+    features = [str(f) for f in meta["feature_names"]]
+    return array_transform(features, class_names, read_json(data / "scaler.json"))
+
+
 PROGRESS_S = 5.0  # a progress line at most this often (and after the first epoch)
 
 
@@ -212,6 +223,8 @@ def run(args, params) -> None:
             {"task": ds.task, "n_features": str(d), "n_outputs": str(k)},
         )
         write_json(model_dir / "model.json", card.to_json())
+        # The input transform travels with the weights: raw columns -> model inputs.
+        write_json(model_dir / "transform.json", _transform(data, meta, class_names))
         # Parameters along training (epoch 0 = initial): compare plots how SGD
         # approaches the reference. Kept with the model (DVC cache), not in git.
         save_npz(
@@ -234,7 +247,9 @@ def run(args, params) -> None:
             }
         )
         run.log_artifacts([reports / "history.csv", reports / "loss_curve.png"])
-        run.log_artifacts([weights_path, model_dir / "model.json"], "model")
+        run.log_artifacts(
+            [weights_path, model_dir / "model.json", model_dir / "transform.json"], "model"
+        )
         weights_md5 = file_md5(weights_path)
         run.set_tags({tracking.WEIGHTS_TAG: weights_md5})
         donor = run.adopt_results(weights_md5)

@@ -1,0 +1,99 @@
+"""The input transform of a table: imputation and one-hot encoding, fitted on train rows.
+
+Pure: arrays in, arrays and a JSON-able document out. ``fit_encoder`` learns from
+the train split only (medians for empty numeric cells, the levels of each
+categorical column); ``encode`` applies the same document to any rows -- val, test,
+and later new rows -- so nothing about val/test leaks into training, and the
+document (``transform.json``, stored with the split and the model) is all a
+consumer needs.
+
+Encoding choices (docs/pipeline.md#your-own-table):
+
+- numeric columns pass through; with ``missing: impute`` an empty cell takes the
+  train split's median of that column;
+- a categorical column with L train levels becomes L - 1 indicator columns: the
+  most frequent train level (ties: the first in sorted order) is the baseline,
+  encoded as all zeros. Dropping one level keeps [X 1] full rank (no dummy trap),
+  so the least-squares reference is unique and SGD can reach it;
+- a level never seen in train (only in val, test or new rows) is encoded as the
+  baseline (all zeros) and counted, never an error;
+- with ``missing: impute`` an empty categorical cell is the level ``(missing)``,
+  fitted like any other level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fit_encoder", "encode", "encoded_names", "MISSING_LEVEL"]
+
+MISSING_LEVEL = "(missing)"
+
+
+def fit_encoder(
+    X_num: np.ndarray,
+    X_cat: np.ndarray,
+    num_names: list[str],
+    cat_names: list[str],
+    missing: str,
+) -> dict:
+    """The encoder fitted on train rows.
+
+    X_num : ndarray of shape (n, d) float64, NaN for an empty cell
+    X_cat : ndarray of shape (n, c) text, '' for an empty cell
+    """
+    numeric = []
+    for j, name in enumerate(num_names):
+        col = X_num[:, j]
+        present = col[~np.isnan(col)]
+        fill = float(np.median(present)) if present.size else 0.0
+        numeric.append({"name": name, "fill": fill})
+    categorical = []
+    for j, name in enumerate(cat_names):
+        col = np.where(X_cat[:, j] == "", MISSING_LEVEL, X_cat[:, j])
+        levels, counts = np.unique(col, return_counts=True)  # sorted levels
+        baseline = str(levels[int(np.argmax(counts))])  # first of the most frequent
+        categorical.append(
+            {
+                "name": name,
+                "baseline": baseline,
+                "levels": [str(v) for v in levels if v != baseline],
+            }
+        )
+    return {"missing": missing, "numeric": numeric, "categorical": categorical}
+
+
+def encoded_names(encoder: dict) -> list[str]:
+    """Column names of the encoded matrix: numeric names, then ``column=level``."""
+    names = [c["name"] for c in encoder["numeric"]]
+    for c in encoder["categorical"]:
+        names += [f"{c['name']}={level}" for level in c["levels"]]
+    return names
+
+
+def encode(encoder: dict, X_num: np.ndarray, X_cat: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(float32 matrix of shape (n, d_num + sum(L - 1)), {column: rows with an unseen level}).
+
+    Empty cells take the fitted fill (numbers) or the (missing) level (categories).
+    """
+    n = X_num.shape[0] if X_num.ndim == 2 and X_num.shape[1] else X_cat.shape[0]
+    d = len(encoder["numeric"]) + sum(len(c["levels"]) for c in encoder["categorical"])
+    out = np.zeros((n, d), dtype=np.float32)
+    for j, col in enumerate(encoder["numeric"]):
+        values = X_num[:, j]
+        out[:, j] = np.where(np.isnan(values), col["fill"], values)
+    at = len(encoder["numeric"])
+    unseen: dict[str, int] = {}
+    for j, col in enumerate(encoder["categorical"]):
+        values = np.where(X_cat[:, j] == "", MISSING_LEVEL, X_cat[:, j])
+        levels = np.asarray(col["levels"], dtype=str)
+        pos = np.searchsorted(levels, values) if levels.size else np.zeros(n, dtype=np.int64)
+        hit = (pos < levels.size) & (levels[np.minimum(pos, max(levels.size - 1, 0))] == values)
+        hit &= levels.size > 0
+        rows = np.flatnonzero(hit)
+        out[rows, at + pos[rows]] = 1.0
+        lost = int(np.count_nonzero(~hit & (values != col["baseline"])))
+        if lost:
+            unseen[col["name"]] = lost
+        at += len(col["levels"])
+    return out, unseen
