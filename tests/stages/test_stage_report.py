@@ -1,4 +1,5 @@
-"""report, in-process: reports/summary.md over the datasets' compare.json, and the platform."""
+"""report, in-process: reports/summary.md over the datasets' rows (reports/summary/<ds>.json,
+compare's document), and the platform."""
 
 from __future__ import annotations
 
@@ -26,16 +27,15 @@ def test_report_gains_reference_columns_and_gaps(line_run, tmp_path, run_stage):
 def test_both_datasets_in_the_order_given_at_the_default_path(
     line_run, digits_run, tmp_path, monkeypatch, run_stage
 ):
-    for run in (line_run, digits_run):  # compare.json is all report reads
-        (tmp_path / "reports" / run.name).mkdir(parents=True)
-        shutil.copy(run.reports / "compare.json", tmp_path / "reports" / run.name)
+    (tmp_path / "reports" / "summary").mkdir(parents=True)
+    for run in (line_run, digits_run):  # its row is all report reads
+        shutil.copy(
+            run.root / "reports" / "summary" / f"{run.name}.json",
+            tmp_path / "reports" / "summary",
+        )
     monkeypatch.chdir(tmp_path)
     run_stage("report", line_run.params, "digits", "line")
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
-        "digits",
-        "line",
-        "summary.md",
-    ]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["summary", "summary.md"]
     lines = (tmp_path / "reports" / "summary.md").read_text().splitlines()
     firsts = [
         ln.split(" | ")[0].lstrip("| ") for ln in lines if re.match(r"^\| (line|digits) \|", ln)
@@ -50,6 +50,27 @@ def test_both_datasets_in_the_order_given_at_the_default_path(
     assert len(reported) == 2  # digits' weight_rel_l2 and train_objective_rel_gap
     agreement = read_json(digits_run.reports / "compare.json")["checks"]["agreement"]["value"]
     assert f"| digits | agreement | {agreement:.4f} | >= | 0.9700 | pass |" in lines
+
+
+def test_by_default_every_dataset_of_params_yaml_in_its_order_and_no_other(
+    line_run, digits_run, tmp_path, monkeypatch, run_stage, make_params
+):
+    rows = tmp_path / "reports" / "summary"
+    rows.mkdir(parents=True)
+    for run in (line_run, digits_run):
+        shutil.copy(run.root / "reports" / "summary" / f"{run.name}.json", rows)
+    # A removed dataset's row stays on disk (DVC does not delete it): it is not shown.
+    shutil.copy(rows / "line.json", rows / "gone.json")
+    monkeypatch.chdir(tmp_path)
+    run_stage("report", line_run.params)  # params: line, digits
+    text = (tmp_path / "reports" / "summary.md").read_text()
+    firsts = [m.group(1) for m in re.finditer(r"^\| (\w+) \| (?:regression|classification) \|", text, re.M)]  # fmt: skip
+    assert firsts == ["line", "digits"]
+    assert "gone" not in text
+    (rows / "line.json").unlink()  # a listed dataset without its row: named, nothing written
+    with pytest.raises(DataError, match=r"reports/summary/line\.json: file not found"):
+        run_stage("report", line_run.params, "--out", tmp_path / "other.md")
+    assert not (tmp_path / "other.md").exists()
 
 
 def test_platform_records_kernels_versions_and_the_pinned_threads(line_run, tmp_path, run_stage):
@@ -69,7 +90,7 @@ def test_a_dataset_without_compare_json_is_named_and_nothing_written(line_run, t
     out = tmp_path / "summary.md"
     reports = line_run.root / "reports"
     with pytest.raises(
-        DataError, match=rf"^{re.escape(str(reports / 'nope' / 'compare.json'))}: file not found"
+        DataError, match=rf"^{re.escape(str(reports / 'summary' / 'nope.json'))}: file not found"
     ):
         run_stage("report", line_run.params, "line", "nope", "--reports", reports, "--out", out)
     assert not out.exists()
@@ -78,11 +99,11 @@ def test_a_dataset_without_compare_json_is_named_and_nothing_written(line_run, t
 def test_a_compare_json_from_an_older_linflow_names_the_missing_key(line_run, tmp_path, run_stage):
     doc = read_json(line_run.reports / "compare.json")
     del doc["checks"]
-    (tmp_path / "line").mkdir()
-    (tmp_path / "line" / "compare.json").write_text(json.dumps(doc))
+    (tmp_path / "summary").mkdir()
+    (tmp_path / "summary" / "line.json").write_text(json.dumps(doc))
     out = tmp_path / "summary.md"
     with pytest.raises(
-        DataError, match=r"line/compare\.json: missing key\(s\) checks \(written by an older"
+        DataError, match=r"summary/line\.json: missing key\(s\) checks \(written by an older"
     ):
         run_stage("report", line_run.params, "line", "--reports", tmp_path, "--out", out)
     assert not out.exists()

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger("linflow")
 
 _TRAIN_KEYS = (
@@ -65,14 +67,16 @@ def _repo_path(path: Path) -> tuple[str, bool]:
         return str(full), False
 
 
-def entry_text(name: str, rel: str, info, drop: list[str]) -> tuple[str, dict]:
+def entry_text(
+    name: str, rel: str, info, drop: list[str], train: dict | None = None, why: list[str] = ()
+) -> tuple[str, dict]:
     """The params.yaml lines of the new entry (with its comments) and its data mapping."""
     cols = info.columns
     cat = [c for c in cols if c.role == "categorical"]
     dates = [c for c in cols if c.role == "date"]
     dropped = [c for c in cols if c.role == "drop"]
     numeric = [c for c in cols if c.role == "numeric"]
-    used = cat + dates + numeric
+    used = [c for c in cols if c.role in ("categorical", "date", "numeric")]  # file order
     missing = [c for c in used if c.missing]
     read = info.read
     data = {
@@ -128,8 +132,17 @@ def entry_text(name: str, rel: str, info, drop: list[str]) -> tuple[str, dict]:
     lines += [
         "    standardize: true  # numeric columns to mean 0, std 1 (train split); one-hot stays 0/1",
         "    split: {train: null, val: null, test: null}",
-        "    train: {" + ", ".join(f"{k}: null" for k in _TRAIN_KEYS) + "}",
     ]
+    # Every train key listed (null: train.<task>'s), as the built-in entries have them,
+    # so each is one `dvc exp run -S datasets.<name>.train.<key>=...` away.
+    train = train or {}
+    head = "    train:" + (
+        "  # chosen by add-dataset (docs/pipeline.md#your-own-table)" if train else ""
+    )
+    lines.append(head)
+    lines += [f"      {w}" for w in why]
+    lines += [f"      {k}: {v}" for k, v in train.items()]
+    lines += [f"      {k}: null" for k in _TRAIN_KEYS if k not in train]
     return "\n".join(lines) + "\n", data
 
 
@@ -214,7 +227,10 @@ def run(args, params) -> None:
     cfg = new.dataset(name)
     # Every check prepare and split would make, now, on the table already read.
     raw = table.load(cfg, read=info.read)
-    _check_split(new, name, raw)
+    over, why = _recipe(new, name, raw)
+    entry, _ = entry_text(name, rel, info, list(args.drop), over, why)
+    new_text = insert_entry(params_path.read_text(), entry, str(params_path))
+    parse_params(load_yaml(new_text), f"{params_path} (with the new entry)")
     tracked = _tracked(rel) if inside else None
     if inside and tracked is None and not args.no_dvc:
         _dvc_add(rel)
@@ -239,22 +255,68 @@ def run(args, params) -> None:
     print(f"next: dvc repro    (then: {add} dvc.lock reports/)")
 
 
-def _check_split(params, name: str, raw) -> None:
-    """A class too small for the stratified split fails here, before anything is written."""
+def _train_rows(params, name: str, raw) -> np.ndarray:
+    """The train rows split will pick (a class too small to stratify fails here, before
+    anything is written)."""
     from linflow.core.errors import DataError
     from linflow.core.seeding import make_rng
     from linflow.split import split_indices, table_split_error
 
-    if raw.task != "classification":
-        return
     s = params.split_config(name)
+    classification = raw.task == "classification"
     try:
-        split_indices(
+        idx = split_indices(
             raw.y.shape[0],
             (s.train, s.val, s.test),
             make_rng(params.seed, f"split/{name}"),
-            y=raw.y,
-            class_names=raw.class_names,
+            y=raw.y if classification else None,
+            class_names=raw.class_names if classification else None,
         )
     except DataError as exc:
+        if not classification:
+            raise
         raise table_split_error(raw.table["path"], raw.table["target"], exc) from None
+    return idx[0]
+
+
+def _recipe(params, name: str, raw) -> tuple[dict, list[str]]:
+    """Train overrides for this table and the comment lines saying why: from the
+    train split's features exactly as split will encode and scale them."""
+    from linflow.core.artifacts import apply_scaler
+    from linflow.recipe import classification_recipe, regression_recipe
+    from linflow.split import fit_scaler
+    from linflow.transform import encode, fit_encoder
+
+    cfg = params.dataset(name)
+    rows = _train_rows(params, name, raw)
+    encoder = fit_encoder(
+        raw.X[rows], raw.categorical[rows], raw.feature_names, raw.table["categorical"],
+        raw.table["missing"],
+    )  # fmt: skip
+    X, _ = encode(encoder, raw.X[rows], raw.categorical[rows])
+    scaler = fit_scaler(X, 1.0, cfg.standardize, columns=len(encoder["numeric"]))
+    X = apply_scaler(X, scaler)
+    base = params.train.for_task(raw.task)
+    if raw.task == "regression":
+        r = regression_recipe(X)
+        over = {k: r[k] for k in ("lr", "momentum", "epochs")}
+        why = [
+            f"# train split: lambda_max {r['lambda_max']:.4g}, lambda_min {r['lambda_min']:.3g} "
+            f"(condition number {r['condition']:.3g}) of the squared loss's Hessian:",
+            "# heavy ball with the momentum for that spread reaches the closed form in "
+            f"~6 sqrt(condition) = {6 * r['condition'] ** 0.5:.0f} full-batch epochs",
+        ]
+    else:
+        r = classification_recipe(X, len(raw.class_names), base.lr, base.batch_size)
+        over = {k: r[k] for k in ("lr", "batch_size") if r[k] != getattr(base, k)}
+        why = [
+            f"# train split: stable step bound at the start 2/lambda_max = {r['bound']:.4g}"
+            + (
+                f"; lr {over['lr']:g} (train.classification.lr {base.lr:g} is above half of it)"
+                if "lr" in over
+                else f"; train.classification.lr {base.lr:g} is under half of it"
+            )
+        ]
+        if "batch_size" in over:
+            why.append(f"# batch_size {over['batch_size']}: the whole train split is smaller than {base.batch_size}")  # fmt: skip
+    return over, why

@@ -121,6 +121,22 @@ def _fits(
     return todo, extra
 
 
+def _check_determined(task: str, shape, wd: float, l1: float, data: Path, dataset: str) -> None:
+    """Least squares with at least as many features as train rows has infinitely many
+    exact fits: refuse it unless a penalty makes the optimum unique."""
+    from linflow.core.errors import DataError
+
+    n, d = shape
+    if task == "regression" and d + 1 > n and wd == 0 and l1 == 0:
+        raise DataError(
+            f"{data}/train.npz: {d} features (after one-hot encoding) and a bias but only {n} "
+            "train rows: least squares is underdetermined (infinitely many exact fits); the "
+            "reference would be lstsq's minimum-norm solution, which SGD need not reach. Set "
+            f"datasets.{dataset}.train.weight_decay > 0 (ridge: one optimum, the reference "
+            "then), or drop columns, or add rows"
+        )
+
+
 def run(args, params) -> None:
     from linflow.core.artifacts import check_task, load_split
 
@@ -141,6 +157,7 @@ def run(args, params) -> None:
     from linflow.core.storage import file_md5, write_json
 
     wd, n, rc = cfg.weight_decay, X.shape[0], params.reference
+    _check_determined(ds.task, X.shape, wd, cfg.l1, data, args.dataset)
     todo, extra = _fits(ds.task, X, y, len(meta["class_names"]), wd, rc, args.dataset, cfg.l1)
     fits: dict[str, reference.ReferenceFit] = {}
     seconds: dict[str, float] = {}
