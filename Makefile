@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run test test-fast test-ci verify portability lint format ui ui-links server bench plots-vendor clean
+.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server bench plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,6 +49,15 @@ fashion-data: ## install the Debian package dataset-fashion-mnist when possible
 	fi
 
 run: setup fashion-data ## set up .venv, then run the default pipeline (dvc repro)
+	dvc repro
+
+# docs/lessons.md#how-to-train-on-your-own-table: an example table (scikit-learn's wine
+# with a category, empty cells and dates, saved with ';' and decimal commas), added as
+# dataset `wine` by `linflow add-dataset`, then the pipeline. Remove the `wine:` entry
+# from params.yaml to undo (docs/pipeline.md#removing-a-dataset).
+table-example: setup ## your own table in one command: write an example CSV, add-dataset wine, dvc repro
+	$(PY) -m linflow.datasets.examples wine data/tables/wine.csv
+	linflow add-dataset wine data/tables/wine.csv --target cultivar
 	dvc repro
 
 test: setup fashion-data ## the test suite: unit + end-to-end pipeline (~10 min); not the ci-marked ones

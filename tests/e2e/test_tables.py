@@ -2,10 +2,10 @@
 
 A copy of the repository with one built-in dataset (line, for speed) gains two
 tables by one command each -- a classification table (wine: string classes, a
-categorical column, empty cells, a date, semicolon-delimited with decimal commas)
-and a regression table (diabetes as Parquet: a text 'sex' column, empty cells) --
-and `dvc repro` takes both from file to every output, the compare gate passing at
-the defaults. Then one edited cell re-runs that table's chain and the report
+categorical column, empty cells, a date, semicolon-delimited with decimal commas),
+by the commands of docs/lessons.md's walk-through as written, and a regression
+table (diabetes as Parquet: a text 'sex' column, empty cells) -- and `dvc repro`
+takes both from file to every output, the compare gate passing at the defaults. Then one edited cell re-runs that table's chain and the report
 only, and removing an entry removes it from the summary, `dvc metrics show`,
 `dvc plots show`, dvc.lock and `linflow verify`.
 """
@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
+import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from .helpers import copy_repo, pipeline_env
-from .helpers import run as _run
+from linflow.datasets.examples import diabetes_frame, write
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "datasets"))
-from tables import wine_frame, write  # noqa: E402
+from .helpers import ROOT, copy_repo, pipeline_env
+from .helpers import run as _run
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +34,12 @@ def _ran(stdout: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", stdout))
 
 
-def _diabetes_frame():
-    from sklearn.datasets import load_diabetes
-
-    df = load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"})
-    df["sex"] = df["sex"].map({1.0: "female", 2.0: "male"})
-    df.loc[[4, 40, 90], "bmi"] = np.nan
-    return df
+def walkthrough() -> list[str]:
+    """The commands of docs/lessons.md's "How to train on your own table", in order."""
+    text = (ROOT / "docs" / "lessons.md").read_text()
+    section = text[text.index("## How to train on your own table") :]
+    block = section[section.index("```bash") + 7 : section.index("```", section.index("```bash") + 7)]  # fmt: skip
+    return [ln.strip() for ln in block.strip().splitlines()]
 
 
 def _keep_only(repo: Path, names: tuple[str, ...]) -> None:
@@ -73,29 +70,15 @@ def tables_repo(tmp_path_factory):
     env = pipeline_env()
     _keep_only(repo, ("line",))
     _run(["git", "commit", "-qam", "line only"], repo, env)
-    # New files, not in git: add-dataset tracks them with `dvc add`.
-    write(wine_frame(), repo / "data" / "tables" / "wine.csv", sep=";", decimal=",")
-    write(_diabetes_frame(), repo / "data" / "tables" / "diabetes.parquet")
-    added = [
-        _run(
-            ["linflow", "add-dataset", "vino", "data/tables/wine.csv", "--target", "cultivar"],
-            repo,
-            env,
-        ),  # fmt: skip
-        _run(
-            [
-                "linflow",
-                "add-dataset",
-                "sugar",
-                "data/tables/diabetes.parquet",
-                "--target",
-                "progression",
-            ],
-            repo,
-            env,
-        ),  # fmt: skip
-    ]
-    res = _run(["dvc", "repro"], repo, env)
+    # New files, not in git: add-dataset tracks them with `dvc add`. The wine table
+    # by the page's commands as written (python -m ...examples, add-dataset, dvc repro).
+    *steps, repro = walkthrough()
+    assert repro == "dvc repro" and steps[1].startswith("linflow add-dataset wine ")
+    added = [_run(shlex.split(cmd), repo, env) for cmd in steps][1:]
+    write(diabetes_frame(), repo / "data" / "tables" / "diabetes.parquet")
+    sugar = "linflow add-dataset sugar data/tables/diabetes.parquet --target progression"
+    added.append(_run(shlex.split(sugar), repo, env))
+    res = _run(shlex.split(repro), repo, env)
     return repo, env, added, res
 
 
@@ -105,31 +88,31 @@ def test_one_command_each_then_dvc_repro_makes_every_output(tables_repo):
         assert "next: dvc repro" in a.stdout
     assert (repo / "data/tables/wine.csv.dvc").is_file()  # tracked by `dvc add`
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["datasets"]["vino"]["task"] == "classification"
+    assert params["datasets"]["wine"]["task"] == "classification"
     assert params["datasets"]["sugar"]["task"] == "regression"
     assert params["datasets"]["sugar"]["data"]["categorical"] == ["sex"]
     ran = _ran(res.stdout)
-    assert {f"{s}@{ds}" for s in STAGES for ds in ("vino", "sugar")} <= ran
-    for ds in ("vino", "sugar"):
+    assert {f"{s}@{ds}" for s in STAGES for ds in ("wine", "sugar")} <= ran
+    for ds in ("wine", "sugar"):
         compare = json.loads((repo / f"reports/{ds}/compare.json").read_text())
         assert compare["passed"] is True, (ds, compare["checks"])
         assert (repo / f"models/{ds}/transform.json").is_file()
     # Class names from the labels wherever the built-ins show class names.
-    pred = (repo / "reports/vino/predictions.csv").read_text().splitlines()
+    pred = (repo / "reports/wine/predictions.csv").read_text().splitlines()
     assert pred[0] == "actual,predicted,p_barbera,p_barolo,p_grignolino"
-    per_class = json.loads((repo / "reports/vino/evaluation.json").read_text())["test"]
+    per_class = json.loads((repo / "reports/wine/evaluation.json").read_text())["test"]
     assert set(per_class["per_class_accuracy"]) == {"barbera", "barolo", "grignolino"}
     summary = (repo / "reports/summary.md").read_text()
-    assert "| vino | classification |" in summary and "| sugar | regression |" in summary
+    assert "| wine | classification |" in summary and "| sugar | regression |" in summary
 
 
 def test_metrics_and_plots_list_the_tables_without_a_dvc_yaml_edit(tables_repo):
     repo, env, _, _ = tables_repo
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     files = {f for rev in shown.values() for f in rev["data"]}
-    assert {"reports/vino/metrics.json", "reports/sugar/gaps.json"} <= files
+    assert {"reports/wine/metrics.json", "reports/sugar/gaps.json"} <= files
     plots = _run(["dvc", "plots", "show", "--json"], repo, env).stdout
-    assert "reports/vino/predictions.csv" in plots and "reports/sugar/history.csv" in plots
+    assert "reports/wine/predictions.csv" in plots and "reports/sugar/history.csv" in plots
     assert _run(["git", "diff", "--quiet", "HEAD", "--", "dvc.yaml"], repo, env, check=False).returncode == 0  # fmt: skip
 
 
@@ -140,7 +123,7 @@ def test_one_changed_cell_reruns_that_table_and_the_report_only(tables_repo):
     lines[1] = lines[1].replace("14,23", "14,25", 1)
     path.write_text("".join(lines))
     res = _run(["dvc", "repro"], repo, env)
-    assert _ran(res.stdout) == {f"{s}@vino" for s in STAGES} | {"report"}
+    assert _ran(res.stdout) == {f"{s}@wine" for s in STAGES} | {"report"}
 
 
 def test_removing_an_entry_removes_it_everywhere(tables_repo):
@@ -153,7 +136,7 @@ def test_removing_an_entry_removes_it_everywhere(tables_repo):
     assert "sugar" not in (repo / "reports/summary.md").read_text()
     assert "@sugar" not in (repo / "dvc.lock").read_text()
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env).stdout
-    assert "sugar" not in shown and "vino" in shown
+    assert "sugar" not in shown and "wine" in shown
     assert "sugar" not in _run(["dvc", "plots", "show", "--json"], repo, env).stdout
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "sugar removed"], repo, env)
