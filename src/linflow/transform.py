@@ -25,7 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit_encoder", "encode", "encoded_names", "MISSING_LEVEL"]
+__all__ = [
+    "fit_encoder",
+    "encode",
+    "encoded_names",
+    "apply_scaler",
+    "category_text",
+    "to_days",
+    "MISSING_LEVEL",
+]
 
 MISSING_LEVEL = "(missing)"
 
@@ -97,3 +105,47 @@ def encode(encoder: dict, X_num: np.ndarray, X_cat: np.ndarray) -> tuple[np.ndar
             unseen[col["name"]] = lost
         at += len(col["levels"])
     return out, unseen
+
+
+def apply_scaler(X: np.ndarray, scaler) -> np.ndarray:
+    """float32 features (X * x_scale - mean) / std, shape (n, d): what every model sees.
+
+    The scaler is split's ``scaler.json`` (fitted on the train rows). Every consumer
+    -- the stages, ``linflow predict``, the logged MLflow model -- scales with this."""
+    Xf = np.multiply(X, np.float32(scaler["x_scale"]), dtype=np.float32)  # one pass
+    if scaler["standardize"]:
+        Xf -= np.asarray(scaler["mean"], dtype=np.float32)
+        Xf /= np.asarray(scaler["std"], dtype=np.float32)
+    return Xf
+
+
+def category_text(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """A categorical column's cells as text, '' for an empty cell: the one spelling of a
+    level wherever rows come from (a whole number read as 3.0 is the level '3')."""
+    out = np.empty(values.shape[0], dtype=object)
+    for i, v in enumerate(values):
+        if missing[i]:
+            out[i] = ""
+        elif isinstance(v, float) and v == int(v):
+            out[i] = str(int(v))
+        else:
+            out[i] = str(v)
+    return out.astype(str) if out.size else np.zeros(0, dtype="<U1")
+
+
+EPOCH_DAYS = "1970-01-01"
+
+
+def to_days(series) -> np.ndarray:
+    """Dates (a pandas Series of dates or date text) as float64 days since 1970-01-01,
+    NaN where empty. Raises ValueError(row) at the first cell that is not a date."""
+    import pandas as pd
+
+    try:
+        stamps = pd.to_datetime(series, errors="raise", utc=True, format="mixed")
+    except (ValueError, TypeError, OverflowError):
+        parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+        bad = int(np.argmax(parsed.isna().to_numpy() & series.notna().to_numpy()))
+        raise ValueError(bad) from None
+    days = (stamps - pd.Timestamp(EPOCH_DAYS, tz="UTC")) / pd.Timedelta(days=1)
+    return days.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -28,8 +28,13 @@ def train(run_stage, params, data, out, dataset="line"):
 
 def test_line_writes_weights_card_and_history_at_the_default_paths(line_run):
     assert sorted(p.name for p in line_run.model.iterdir()) == [
-        "model.json", "model.safetensors", "trajectory.npz",
+        "model.json", "model.safetensors", "trajectory.npz", "transform.json",
     ]  # fmt: skip
+    # A built-in set's transform: its features are the model's inputs, with the scaler.
+    transform = read_json(line_run.model / "transform.json")
+    assert transform["kind"] == "array" and transform["encoder"] is None
+    assert transform["inputs"] == [{"name": "x", "kind": "numeric"}]
+    assert transform["scaler"] == read_json(line_run.data / "scaler.json")
     tensors, meta = load_weights(line_run.model / "model.safetensors")
     assert tensors["weight"].shape == (1, 1) and tensors["bias"].shape == (1,)
     assert tensors["weight"].dtype == np.float32

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from linflow.core.errors import DataError, TaskMismatchError
+from linflow.transform import apply_scaler  # the scaling every consumer applies (pure)
 
 __all__ = [
     "SPLITS",
@@ -64,15 +65,6 @@ def _require(cls, doc: Any, where: str) -> dict:
 
 
 # --- data ---------------------------------------------------------------------------
-
-
-def apply_scaler(X: np.ndarray, scaler: Mapping) -> np.ndarray:
-    """float32 features (X * x_scale - mean) / std, shape (n, d): what every model sees."""
-    Xf = np.multiply(X, np.float32(scaler["x_scale"]), dtype=np.float32)  # one pass
-    if scaler["standardize"]:
-        Xf -= np.asarray(scaler["mean"], dtype=np.float32)
-        Xf /= np.asarray(scaler["std"], dtype=np.float32)
-    return Xf
 
 
 def validate_arrays(arrays: Mapping[str, np.ndarray], where: str) -> None:

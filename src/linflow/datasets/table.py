@@ -396,35 +396,26 @@ def _first_text(series) -> int:
 
 
 def _dates(read: TableRead, name: str) -> np.ndarray:
-    import pandas as pd
+    from linflow.transform import to_days
 
     series = read.frame[name]
     try:
-        stamps = pd.to_datetime(series, errors="raise", utc=True, format="mixed")
-    except (ValueError, TypeError, OverflowError):
-        parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-        bad = _first(parsed.isna().to_numpy() & series.notna().to_numpy())
+        return to_days(series)
+    except ValueError as exc:
+        bad = int(exc.args[0])
         raise DataError(
             f"{read.path}: column {name!r} of data.dates has {series.iloc[bad]!r} at "
             f"{read.where(bad)}, not a date; fix the cell or drop the column"
         ) from None
-    days = (stamps - pd.Timestamp("1970-01-01", tz="UTC")) / pd.Timedelta(days=1)
-    return days.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _levels(read: TableRead, name: str) -> np.ndarray:
     """A categorical column as text ('' for an empty cell); ints stay '3', not '3.0'."""
+    from linflow.transform import category_text
+
     series = read.frame[name]
-    values = series.to_numpy(dtype=object)
     missing = series.isna().to_numpy()
-    out = np.empty(values.shape[0], dtype=object)
-    for i, v in enumerate(values):
-        if missing[i]:
-            out[i] = ""
-        elif isinstance(v, float) and v == int(v):
-            out[i] = str(int(v))
-        else:
-            out[i] = str(v)
+    out = category_text(series.to_numpy(dtype=object), missing)
     present = out[~missing]
     if present.size >= 10 and np.unique(present).size == present.size:
         raise DataError(
@@ -432,7 +423,7 @@ def _levels(read: TableRead, name: str) -> np.ndarray:
             f"row ({present.size} levels), like an ID: one-hot encoding it memorises rows; move "
             "it to data.drop"
         )
-    return out.astype(str) if out.size else np.zeros(0, dtype="<U1")
+    return out
 
 
 def feature_columns(read: TableRead, cfg) -> list[str]:

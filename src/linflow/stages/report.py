@@ -2,8 +2,9 @@
 
 Reads each dataset's row, ``reports/summary/<ds>.json`` (compare's document: our
 test metrics beside the reference's, and every checked gap), for every dataset
-params.yaml lists, in its order (a removed dataset's row, left on disk, is not
-shown); writes the summary as two markdown tables
+params.yaml lists, in its order (validate writes that list to
+``reports/summary/datasets.txt``, the folder DVC runs this stage on; a removed
+dataset's row, left on disk, is not shown); writes the summary as two markdown tables
 and, with ``--platform``, ``reports/platform.json``: the CPU kernels, library
 versions and thread counts these results were made with (verify/platform.py).
 """

@@ -10,7 +10,9 @@ mistake fails ``dvc repro`` / ``dvc exp run`` at once, one line, before any
 output is touched.
 
 Writes ``reports/params.valid``: a marker whose bytes never change, so a valid
-edit re-runs only the stages whose params it touched.
+edit re-runs only the stages whose params it touched; and
+``reports/summary/datasets.txt``, the dataset names in order (the report's rows),
+which changes only when an entry is added, removed or moved.
 
 A dataset removed from params.yaml: DVC drops its stages from the pipeline but
 keeps their entries in ``dvc.lock`` for good, where ``linflow verify`` would
@@ -42,6 +44,11 @@ def add_arguments(p) -> None:
         "--out", default="reports/params.valid", help="marker to write (default: %(default)s)"
     )
     p.add_argument(
+        "--names",
+        default="reports/summary/datasets.txt",
+        help="the dataset names, one a line (default: %(default)s)",
+    )
+    p.add_argument(
         "--lock", default="dvc.lock", help="lock file to prune of removed datasets (%(default)s)"
     )
 
@@ -69,6 +76,7 @@ def run(args, params) -> None:
     from linflow.core.storage import write_text
 
     write_text(args.out, MARKER)
+    write_text(args.names, "".join(f"{name}\n" for name in params.datasets))
     log.info("validate: %s: %d datasets, all keys valid", args.params, len(params.datasets))
     lock = Path(args.lock)
     if lock.is_file():
