@@ -268,6 +268,25 @@ class CompareDoc:
     def mlflow_tags(self) -> dict[str, str]:
         return {"linflow.compare": "pass" if self.passed else "fail"}
 
+    def model_card(self, card: ModelCard) -> str:
+        """The registered version's description (markdown): what it is, how it scores,
+        how far it is from the reference and whether it passed the gate."""
+        ours = ", ".join(f"{k} {v:.4g}" for k, v in self.ours.items())
+        theirs = ", ".join(f"{k} {v:.4g}" for k, v in self.result["test"]["reference"].items())
+        gaps = "; ".join(
+            f"{n} {c['value']:.3g}"
+            + ("" if c["tolerance"] is None else f" ({'<=' if c['bound'] == 'max' else '>='} {c['tolerance']:g})")
+            for n, c in self.checks.items()
+        )  # fmt: skip
+        return (
+            f"**linflow {self.dataset}**: {card.task}, {card.impl} {card.loss}, "
+            f"{card.n_features} features -> {card.n_outputs} output(s), {card.n_params} "
+            f"parameters, {card.epochs_run} epochs. Test ({self.n_test} rows): {ours}; "
+            f"reference {self.reference}: {theirs}. Gaps: {gaps}. Gate: "
+            f"{'pass' if self.passed else 'FAIL'}. Input: the raw columns of the signature; "
+            "the transform (imputation, one-hot, scaler) is applied inside."
+        )
+
 
 @dataclass(frozen=True)
 class TestMetrics:

@@ -15,6 +15,7 @@ KeyboardInterrupt / SIGTERM leave it KILLED.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -470,6 +471,34 @@ class TrainingRun:
         except Exception as exc:
             raise _wrap(exc) from None
 
+    def log_model(
+        self, model_dir: Path, task: str, example: Mapping | None, tags: Mapping[str, str]
+    ) -> tuple[str, bool]:
+        """The run's MLflow Model and its registry version (core/registry.py):
+        (version number, whether it was added now)."""
+        import hashlib
+
+        from linflow.core import registry
+
+        tags = {
+            **git_tags(repo_root()),
+            "linflow.params_md5": hashlib.md5(
+                json.dumps(self.params, sort_keys=True).encode()
+            ).hexdigest(),
+            **(
+                {"dvc.exp_name": os.environ["DVC_EXP_NAME"]}
+                if os.environ.get("DVC_EXP_NAME")
+                else {}
+            ),  # fmt: skip
+            **tags,
+        }
+        try:
+            info = registry.log_model(self.run_id, self.experiment_id, model_dir, task, example)
+            version, added = registry.register(self.client, self.dataset, info, self.run_id, tags)
+        except Exception as exc:
+            raise _wrap(exc) from None
+        return version.version, added
+
     def adopt_results(self, weights_md5: str) -> str | None:
         """Copy evaluate's and compare's results from an earlier run with these weights.
 
@@ -643,6 +672,55 @@ def log_to_training_run(
         return run_id
     except Exception as exc:
         raise _wrap(exc) from None
+
+
+def download_model(uri: str, dest: Path) -> Path:
+    """The artifacts of an MLflow model (models:/..., runs:/...) in a local folder."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not 12
+    try:
+        mlflow.set_tracking_uri(tracking_uri())
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except Exception as exc:
+        raise TrackingError(f"{uri}: cannot fetch the model ({_one_line(exc)})") from None
+
+
+def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str | None:
+    """compare's verdict on the registered version with these weights: its model card,
+    its gate tag and its alias -- ``champion`` when it passed on the committed pipeline
+    (no DVC experiment, params as committed when it was trained), ``challenger`` when
+    it passed anywhere else (never champion by itself), none when it failed. Returns
+    a line saying what was set, or None when no version holds these weights."""
+    from linflow.core import registry
+
+    try:
+        client = _client()
+        exp = client.get_experiment_by_name(f"linflow-{dataset}")
+        runs = []
+        if exp is not None:
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        trained = runs[0].data.tags if runs else {}
+        committed = not (
+            os.environ.get("DVC_EXP_NAME")
+            or "dvc.exp_name" in trained
+            or "linflow.changed" in trained
+        )
+        alias = None if not passed else ("champion" if committed else "challenger")
+        version = registry.record_gate(client, dataset, weights_md5, passed, alias, card)
+    except Exception as exc:
+        raise _wrap(exc) from None
+    if version is None:
+        return None
+    name = registry.model_name(dataset)
+    return f"{name} version {version}: gate {'pass' if passed else 'fail'}" + (
+        f", alias {alias}" if alias else ""
+    )
 
 
 def publish_run(

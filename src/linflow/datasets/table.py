@@ -109,7 +109,7 @@ def sniff_delimiter(path: Path, lines: list[str]) -> str:
             return ","  # one column: nothing to split
         raise DataError(
             f"{path}: no delimiter among , ; tab | splits every line into the same number of "
-            "fields; set data.delimiter (and check for ragged lines)"
+            "fields: check for ragged lines (or set data.delimiter)"
         )
     return best
 
@@ -455,7 +455,9 @@ def frame_columns(read: TableRead, cfg) -> tuple[list[str], np.ndarray, list[str
         if name in cfg.categorical:
             cat_names.append(name)
             cat_cols.append(_levels(read, name))
-            inputs.append({"name": name, "kind": "categorical"})
+            # The levels' type as the file has it: the signature of the logged model.
+            dtype = {"integer": "long", "bool": "boolean"}.get(_kind(read.frame[name]), "string")
+            inputs.append({"name": name, "kind": "categorical", "type": dtype})
         elif name in cfg.dates:
             num_names.append(name)
             num_cols.append(_dates(read, name))

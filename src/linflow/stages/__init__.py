@@ -26,7 +26,7 @@ PIPELINE = (
     "report",
     "gd",
 )
-COMMANDS = ("add-dataset", "verify", "portability", "publish")
+COMMANDS = ("add-dataset", "predict", "verify", "portability", "publish")
 
 # One line each: `linflow --help` lists them without importing a stage.
 DESCRIPTIONS = {
@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     "gd": "gradient descent on 2x^2 and x^2+y^2+z^2 at several step sizes (numpy and autograd)",
     "add-dataset": "add a dataset entry for your own table (CSV, TSV, Parquet, JSON Lines) to "
     "params.yaml",
+    "predict": "score a CSV / Parquet / npz of raw rows with a trained model (workspace or MLflow)",
     "verify": "re-run the pipeline (dvc repro -f) and judge it against the committed results",
     "portability": "run verify as other CPUs would (emulated kernel variants); print the spreads",
     "publish": "send every dataset's training and reference runs to the tracking store from "

@@ -178,3 +178,6 @@ def run(args, params) -> None:
         artifacts=[out, reports / "distance_to_reference.png", fit_png],
         tags=doc.mlflow_tags(),
     )
+    said = tracking.record_gate(args.dataset, weights_md5, doc.passed, doc.model_card(card))
+    if said:
+        log.info("compare %s: %s", args.dataset, said)

@@ -67,7 +67,42 @@ def run(args, params) -> None:
     for name, rows in zip(SPLITS, idx, strict=True):
         save_npz(out / f"{name}.npz", X=X[rows], y=raw["y"][rows], index=rows, **keep)
     write_json(out / "scaler.json", scaler)
+    # A few test rows as a user has them (raw columns): the logged model's input example.
+    write_json(out / "example.json", example_rows(raw, table, idx[2][:EXAMPLE_ROWS]))
     log.info("split %s: train/val/test = %d/%d/%d", args.dataset, *(i.size for i in idx))
+
+
+EXAMPLE_ROWS = 5
+
+
+def example_rows(raw: dict, table: dict | None, rows: np.ndarray) -> dict:
+    """Rows of the raw columns, pandas' 'split' layout ({columns, data}); None = empty."""
+    if table is None:
+        names = [str(f) for f in raw["feature_names"]]
+        X = raw["X"][rows]
+        data = X.tolist() if X.dtype.kind == "f" else X.astype(int).tolist()
+        return {"columns": names, "data": data}
+    import pandas as pd
+
+    num = iter(range(raw["X"].shape[1]))
+    cat = iter(range(raw["X_cat"].shape[1]))
+    columns, values = [], []
+    for col in table["inputs"]:
+        columns.append(col["name"])
+        if col["kind"] == "categorical":
+            text = raw["X_cat"][rows, next(cat)].tolist()
+            cast = {"long": int, "boolean": lambda t: t == "True"}.get(col.get("type"), str)
+            values.append([cast(t) if t else None for t in text])
+            continue
+        v = raw["X"][rows, next(num)]
+        if col["kind"] == "date":
+            stamps = pd.Timestamp("1970-01-01") + pd.to_timedelta(v, unit="D")
+            values.append([None if pd.isna(t) else t.isoformat() for t in stamps])
+        elif col["kind"] == "bool":
+            values.append([None if np.isnan(x) else bool(x) for x in v])
+        else:
+            values.append([None if np.isnan(x) else float(x) for x in v])
+    return {"columns": columns, "data": [list(r) for r in zip(*values, strict=True)]}
 
 
 def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):

@@ -130,7 +130,14 @@ def run(args, params) -> None:
     from linflow.core import plots, tracking
     from linflow.core.artifacts import ModelCard
     from linflow.core.results import log_results_of_skipped_stages
-    from linflow.core.storage import file_md5, save_npz, save_weights, write_csv, write_json
+    from linflow.core.storage import (
+        file_md5,
+        read_json,
+        save_npz,
+        save_weights,
+        write_csv,
+        write_json,
+    )
     from linflow.training import fit, make_engine
 
     torch.set_num_threads(params.train.threads)
@@ -252,6 +259,18 @@ def run(args, params) -> None:
         )
         weights_md5 = file_md5(weights_path)
         run.set_tags({tracking.WEIGHTS_TAG: weights_md5})
+        # The MLflow Model (raw columns in, transform inside) and its registry version.
+        example = data / "example.json"
+        version, added = run.log_model(
+            model_dir,
+            ds.task,
+            read_json(example) if example.is_file() else None,
+            {tracking.WEIGHTS_TAG: weights_md5, "linflow.data_md5": tags["linflow.data_md5"]},
+        )
+        log.info(
+            "train %s: MLflow model logged; registry linflow-%s version %s%s",
+            args.dataset, args.dataset, version, "" if added else " (these weights were registered already)",
+        )  # fmt: skip
         donor = run.adopt_results(weights_md5)
         if donor:
             log.info(

@@ -1,0 +1,195 @@
+"""predict, the logged MLflow Model and the Model Registry, in-process on the stage fixtures.
+
+The session's digits and line pipelines (conftest.py) trained, evaluated and
+compared in this process with their own MLflow store: each training logged an
+MLflow Model and registered a version of linflow-<ds>; compare gave it the
+champion alias. Scoring the test rows -- raw columns, as a user has them -- by
+`linflow predict` (workspace model or models:/ URI) and by
+mlflow.pyfunc.load_model gives predictions.csv's numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from linflow.core.errors import DataError
+from linflow.core.storage import load_npz, read_json, save_weights
+
+
+def _test_rows(run) -> pd.DataFrame:
+    """The test split's rows as raw columns (what a user would have in a file)."""
+    raw = load_npz(run.raw)
+    test = load_npz(run.data / "test.npz")
+    names = [str(f) for f in raw["feature_names"]]
+    return pd.DataFrame(raw["X"][test["index"]].astype(np.float64), columns=names)
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _predict(run_stage, run, *argv):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run.root)
+        return run_stage("predict", run.params, run.name, *argv)
+
+
+@pytest.mark.parametrize("fixture", ["digits_run", "line_run"])
+def test_predict_on_the_test_rows_reproduces_predictions_csv_exactly(
+    fixture, request, tmp_path, run_stage
+):
+    run = request.getfixturevalue(fixture)
+    rows = tmp_path / "rows.csv"
+    _test_rows(run).to_csv(rows, index=False)
+    out = tmp_path / "scored.csv"
+    _predict(run_stage, run, "--input", rows, "--output", out)
+    ours, theirs = _rows(out), _rows(run.reports / "predictions.csv")
+    assert ours[0] == theirs[0][1:]  # predicted (+ p_<class>): predictions.csv without actual
+    assert [r for r in ours[1:]] == [r[1:] for r in theirs[1:]]
+    # The registered champion, fetched from MLflow, scores the same rows the same way.
+    via_mlflow = tmp_path / "scored_mlflow.csv"
+    uri = f"models:/linflow-{run.name}@champion"
+    _predict(run_stage, run, "--input", rows, "--output", via_mlflow, "--model", uri)
+    assert _rows(via_mlflow) == ours
+
+
+def test_the_pyfunc_model_takes_raw_columns_and_gives_the_same_numbers(digits_run, tmp_path):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/linflow-digits@champion")
+    inputs = [c.name for c in model.metadata.signature.inputs.inputs]
+    assert inputs == [f"px{i // 8}_{i % 8}" for i in range(64)]  # raw columns, not scaled ones
+    out = model.predict(_test_rows(digits_run))
+    theirs = _rows(digits_run.reports / "predictions.csv")
+    assert list(out.columns) == theirs[0][1:]
+    assert out["predicted"].tolist() == [r[1] for r in theirs[1:]]
+    probs = out.drop(columns="predicted").to_numpy()
+    np.testing.assert_array_equal(
+        np.array([[f"{q:.6g}" for q in row] for row in probs]),
+        np.array([r[2:] for r in theirs[1:]]),
+    )
+
+
+def test_bad_rows_get_one_line_and_no_output(digits_run, tmp_path, run_stage):
+    df = _test_rows(digits_run).head(20)
+    out = tmp_path / "out.csv"
+    cases = {
+        "missing": (df.drop(columns="px3_4"), r"rows\.csv: the rows have no column 'px3_4'"),
+        "extra": (
+            df.assign(customer="c1"),
+            r"rows\.csv: column 'customer' is not an input of the model; drop it, or keep it",
+        ),
+        "type": (
+            df.astype({"px0_1": object}).assign(px0_1=["abc"] + [0.0] * 19),
+            r"rows\.csv: column 'px0_1': 'abc' at row 1 is not a number",
+        ),
+    }
+    for name, (frame, pattern) in cases.items():
+        rows = tmp_path / "rows.csv"
+        frame.to_csv(rows, index=False)
+        with pytest.raises(DataError, match=pattern) as err:
+            _predict(run_stage, digits_run, "--input", rows, "--output", out)
+        assert "\n" not in str(err.value), name
+        assert not out.exists() and not list(tmp_path.glob(".out.csv*")), name
+    # --keep-extra copies the extra column through, in front of the predictions.
+    rows = tmp_path / "rows.csv"
+    df.assign(customer=[f"c{i}" for i in range(20)]).to_csv(rows, index=False)
+    _predict(run_stage, digits_run, "--input", rows, "--output", out, "--keep-extra")
+    got = _rows(out)
+    assert got[0][:2] == ["customer", "predicted"] and got[1][0] == "c0" and len(got) == 21
+
+
+def test_a_tampered_model_fails_to_load_in_one_line(digits_run, tmp_path, run_stage):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    folder = tmp_path / "model"
+    shutil.copytree(digits_run.model, folder)
+    rows = tmp_path / "rows.csv"
+    _test_rows(digits_run).head(5).to_csv(rows, index=False)
+    save_weights(
+        folder / "model.safetensors",
+        {"weight": np.zeros((10, 63), np.float32), "bias": np.zeros(10, np.float32)},
+        {"task": "classification"},
+    )
+    with pytest.raises(DataError, match=r"weights of shape \(10, 63\) \+ \(10,\) do not fit"):
+        _predict(run_stage, digits_run, "--input", rows, "--output", tmp_path / "o.csv", "--model", folder)  # fmt: skip
+    # The logged MLflow model, its transform edited: refused at load, not a wrong answer.
+    local = Path(mlflow.artifacts.download_artifacts("models:/linflow-digits@champion", dst_path=str(tmp_path / "dl")))  # fmt: skip
+    transform = next(local.rglob("transform.json"))
+    doc = json.loads(transform.read_text())
+    doc["scaler"]["mean"] = doc["scaler"]["mean"][:-1]
+    transform.write_text(json.dumps(doc))
+    with pytest.raises(MlflowException, match=r"linflow model: cannot load: the scaler has 63 features, the model 64"):  # fmt: skip
+        mlflow.pyfunc.load_model(str(local))
+
+
+def test_no_pickle_in_any_logged_model(digits_run, line_run, tmp_path):
+    import mlflow
+
+    for name in ("digits", "line"):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/linflow-{name}@champion", dst_path=str(tmp_path / name)))  # fmt: skip
+        files = [p for p in local.rglob("*") if p.is_file()]
+        assert {p.name for p in files} >= {"MLmodel", "model.safetensors", "transform.json", "model_code.py", "scoring.py"}  # fmt: skip
+        for p in files:
+            assert p.suffix not in (".pkl", ".pickle", ".joblib", ".cloudpickle"), p
+            assert not p.read_bytes().startswith(b"\x80"), f"{p} looks like a pickle"
+        # Models-from-code: the flavor names the code file (MLflow records its cloudpickle
+        # version as metadata, but no object is pickled).
+        import yaml
+
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        assert "python_model" not in flavor  # a pickled PythonModel would be named here
+
+
+def test_registry_one_version_per_new_weights_with_tags_card_and_champion(
+    digits_run, mlflow_client
+):
+    versions = mlflow_client.search_model_versions("name = 'linflow-digits'")
+    assert len(versions) == 1  # one training, one version
+    v = versions[0]
+    assert {"linflow.weights_md5", "linflow.data_md5", "mlflow.source.git.commit", "linflow.params_md5", "linflow.gate"} <= set(v.tags)  # fmt: skip
+    assert v.tags["linflow.gate"] == "pass"
+    assert v.description.startswith("**linflow digits**: classification, torch cross_entropy")
+    assert "Gate: pass" in v.description and "data md5" in v.description
+    model = mlflow_client.get_registered_model("linflow-digits")
+    assert model.aliases == {"champion": v.version}
+    run = mlflow_client.get_run(v.run_id)
+    assert run.data.tags["linflow.weights_md5"] == v.tags["linflow.weights_md5"]
+
+
+def test_same_weights_add_no_version_and_an_experiment_gets_challenger(
+    digits_run, tmp_path, run_stage, mlflow_client, monkeypatch
+):
+    """A rerun with the same weights adds none; in a DVC experiment a passing gate gives
+    challenger, never champion."""
+    out = tmp_path / "model"
+    monkeypatch.chdir(digits_run.root)
+    run_stage("train", digits_run.params, "digits", "--model", out, "--reports", tmp_path / "r")
+    assert len(mlflow_client.search_model_versions("name = 'linflow-digits'")) == 1
+    params = digits_run.params.model_copy(deep=True)
+    edited = params.train.classification.model_copy(update={"epochs": 20})
+    params = params.model_copy(update={"train": params.train.model_copy(update={"classification": edited})})  # fmt: skip
+    monkeypatch.setenv("DVC_EXP_NAME", "short-digits")
+    run_stage("train", params, "digits", "--model", out, "--reports", tmp_path / "r")
+    versions = mlflow_client.search_model_versions("name = 'linflow-digits'")
+    assert len(versions) == 2
+    new = max(versions, key=lambda v: int(v.version))
+    assert new.tags["dvc.exp_name"] == "short-digits"
+    run_stage(
+        "compare", params, "digits", "--model", out, "--reports", tmp_path / "r",
+        "--data", digits_run.data, "--reference", digits_run.reference,
+    )  # fmt: skip
+    aliases = mlflow_client.get_registered_model("linflow-digits").aliases
+    gate = mlflow_client.get_model_version("linflow-digits", new.version).tags["linflow.gate"]
+    assert aliases["champion"] != new.version
+    assert aliases.get("challenger") == (new.version if gate == "pass" else None)
