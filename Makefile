@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server bench plots-vendor clean
+.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server serve bench plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -112,6 +112,14 @@ server: setup ## team MLflow server: PostgreSQL backend (SERVER_DB), artifact st
 		--artifacts-destination "$(SERVER_ARTIFACTS)" --serve-artifacts \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(SERVER_ALLOWED_HOSTS),--allowed-hosts "$(SERVER_ALLOWED_HOSTS)")
+
+# docs/mlflow.md#serving-make-serve: the registered champion of one dataset as a REST
+# endpoint (/invocations), in this environment (--env-manager local).
+DATASET ?= digits
+SERVE_PORT ?= 5001
+serve: setup ## serve models:/linflow-$(DATASET)@champion on http://127.0.0.1:5001 (DATASET=..., SERVE_PORT=...)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(UI_DB)}" $(VENV)/bin/mlflow models serve \
+		-m "models:/linflow-$(DATASET)@champion" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 # The addresses make ui prints. MLflow 3 opens an experiment in its GenAI view (traces,
 # no runs) unless the address says workflowType=machine_learning, and its experiment

@@ -12,11 +12,13 @@ only, and removing an entry removes it from the summary, `dvc metrics show`,
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -142,3 +144,34 @@ def test_removing_an_entry_removes_it_everywhere(tables_repo):
     _run(["git", "commit", "-qm", "sugar removed"], repo, env)
     res = _run(["linflow", "verify"], repo, env)
     assert "verify OK" in res.stdout + res.stderr
+
+
+def test_the_champion_scores_raw_table_rows_as_evaluate_did(tables_repo, tmp_path):
+    """MLflow users' view: models:/linflow-wine@champion takes the file's raw columns
+    (text categories, empty cells, dates) and applies the transform inside; `linflow
+    predict` on the same rows writes predictions.csv's numbers."""
+    import mlflow
+    import pandas as pd
+
+    from linflow.core.storage import load_npz
+
+    repo, env, _, _ = tables_repo
+    frame = pd.read_csv(repo / "data/tables/wine.csv", sep=";", decimal=",")
+    test = load_npz(repo / "data/prepared/wine/test.npz")["index"]
+    rows = frame.iloc[test].drop(columns="cultivar").reset_index(drop=True)
+    expected = list(csv.reader((repo / "reports/wine/predictions.csv").open()))
+    client_uri = f"sqlite:///{repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(client_uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/linflow-wine@champion")
+        out = model.predict(rows)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [c.name for c in model.metadata.signature.inputs.inputs] == list(rows.columns)
+    assert out["predicted"].tolist() == [r[1] for r in expected[1:]]
+    np.testing.assert_allclose(out.iloc[:, 1:].to_numpy(), [[float(x) for x in r[2:]] for r in expected[1:]], rtol=1e-5)  # fmt: skip
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False, sep=";", decimal=",")
+    _run(["linflow", "predict", "wine", "--input", str(path), "--output", str(tmp_path / "p.csv")], repo, env)  # fmt: skip
+    got = list(csv.reader((tmp_path / "p.csv").open()))
+    assert [r for r in got[1:]] == [r[1:] for r in expected[1:]]

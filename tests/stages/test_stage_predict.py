@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from linflow.core.errors import DataError
-from linflow.core.storage import load_npz, read_json, save_weights
+from linflow.core.storage import load_npz, save_weights
 
 
 def _test_rows(run) -> pd.DataFrame:
