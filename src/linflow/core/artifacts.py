@@ -138,12 +138,16 @@ def table_transform(
     }
 
 
-def array_transform(feature_names: list[str], class_names: list[str], scaler) -> dict:
-    """transform.json of a built-in set: its features are the model's inputs, scaled."""
+def array_transform(
+    feature_names: list[str], class_names: list[str], scaler, integer: bool = False
+) -> dict:
+    """transform.json of a built-in set: its features are the model's inputs, scaled.
+    `integer`: the raw features are whole numbers (Fashion-MNIST's uint8 pixels)."""
+    dtype = "long" if integer else "double"
     return {
         "version": TRANSFORM_VERSION,
         "kind": "array",
-        "inputs": [{"name": f, "kind": "numeric"} for f in feature_names],
+        "inputs": [{"name": f, "kind": "numeric", "type": dtype} for f in feature_names],
         "encoder": None,
         "feature_names": feature_names,
         "class_names": class_names,

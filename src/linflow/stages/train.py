@@ -83,7 +83,8 @@ def _transform(data: Path, meta: dict, class_names: list[str]) -> dict:
     if (data / "transform.json").is_file():
         return read_json(data / "transform.json")
     features = [str(f) for f in meta["feature_names"]]
-    return array_transform(features, class_names, read_json(data / "scaler.json"))
+    integer = meta["X"].dtype.kind in "iu"
+    return array_transform(features, class_names, read_json(data / "scaler.json"), integer)
 
 
 PROGRESS_S = 5.0  # a progress line at most this often (and after the first epoch)
