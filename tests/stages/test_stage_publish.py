@@ -85,12 +85,20 @@ def test_every_dataset_gets_its_runs_once(line_run, digits_run, fresh_store, run
             **{f"test_{k}": v for k, v in primary["test"].items()},
             "train_objective": primary["train_objective"],
         }
+        # The registry: one version of these weights, carded, gated, champion.
+        (version,) = client.search_model_versions(f"name = 'linflow-{ds}'")
+        assert version.run_id == train.info.run_id
+        assert version.tags["linflow.weights_md5"] == train.data.tags["linflow.weights_md5"]
+        assert version.tags["linflow.gate"] == "pass" and "Gate: pass" in version.description
+        assert client.get_registered_model(f"linflow-{ds}").aliases == {"champion": version.version}
     caplog.clear()
     assert _publish(run_stage, line_run.params, root, "line", "digits") == 0
     assert caplog.text.count(" complete") == 4 and "created" not in caplog.text
+    assert "registered" not in caplog.text
     for ds in ("line", "digits"):
         assert {r.info.run_id for ds_kind in ("training", "reference")
                 for r in _runs(client, ds, ds_kind)} == ids[ds]  # fmt: skip
+        assert len(client.search_model_versions(f"name = 'linflow-{ds}'")) == 1  # no duplicate
 
 
 def test_a_run_of_the_same_weights_without_results_is_completed(

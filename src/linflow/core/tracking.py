@@ -686,6 +686,26 @@ def download_model(uri: str, dest: Path) -> Path:
         raise TrackingError(f"{uri}: cannot fetch the model ({_one_line(exc)})") from None
 
 
+def publish_model(
+    dataset: str, run_id: str, model_dir: Path, task: str, example, tags: Mapping[str, str]
+) -> str | None:
+    """The registered version of these weights (tags[WEIGHTS_TAG]) for `linflow publish`:
+    when none exists, the run's MLflow Model is logged and registered. Returns what was
+    done, or None when the store had it already (never a duplicate)."""
+    from linflow.core import registry
+
+    try:
+        client = _client()
+        if registry.find_version(client, dataset, tags[WEIGHTS_TAG]) is not None:
+            return None
+        exp_id = client.get_run(run_id).info.experiment_id
+        info = registry.log_model(run_id, exp_id, model_dir, task, example)
+        version, _ = registry.register(client, dataset, info, run_id, dict(tags))
+    except Exception as exc:
+        raise _wrap(exc) from None
+    return f"model logged, {registry.model_name(dataset)} version {version.version} registered"
+
+
 def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str | None:
     """compare's verdict on the registered version with these weights: its model card,
     its gate tag and its alias -- ``champion`` when it passed on the committed pipeline

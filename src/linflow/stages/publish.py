@@ -220,9 +220,40 @@ def run(args, params) -> int:
     ]
     log.info("publish %s to %s", ", ".join(names), tracking.redact(tracking.tracking_uri()))
     for dataset, r in todo:
-        for run_id, what in tracking.publish_run(
+        done = tracking.publish_run(
             dataset, r.kind, r.key, r.name, r.params, r.tags,
             history=r.history, metrics=r.metrics, artifacts=r.artifacts,
-        ):  # fmt: skip
+        )  # fmt: skip
+        for run_id, what in done:
             log.info("publish %s: %s run %s %s", dataset, r.kind, run_id, what)
+        if r.kind == "training":
+            _publish_model(dataset, done[0][0], r, params, args)
     return 0
+
+
+def _publish_model(dataset: str, run_id: str, r: _Run, params, args) -> None:
+    """The MLflow Model and registry version of these weights, with compare's card, gate
+    tag and alias, unless the store has that version already."""
+    from linflow.core import tracking
+    from linflow.core.artifacts import CompareDoc, ModelCard
+    from linflow.core.storage import read_json
+
+    model_dir = Path(args.models) / dataset
+    example = Path(args.data) / dataset / "example.json"
+    version_tags = {
+        tracking.WEIGHTS_TAG: r.key[1],
+        **{k: v for k, v in r.tags.items() if k in ("linflow.data_md5",)},
+    }
+    said = tracking.publish_model(
+        dataset, run_id, model_dir, params.dataset(dataset).task,
+        read_json(example) if example.is_file() else None, version_tags,
+    )  # fmt: skip
+    if said is None:
+        return
+    log.info("publish %s: %s", dataset, said)
+    compare = Path(args.reports) / dataset / "compare.json"
+    doc = CompareDoc.from_json(read_json(compare), str(compare))
+    card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
+    gate = tracking.record_gate(dataset, r.key[1], doc.passed, doc.model_card(card))
+    if gate:
+        log.info("publish %s: %s", dataset, gate)
