@@ -303,20 +303,22 @@ def _recipe(params, name: str, raw) -> tuple[dict, list[str]]:
         why = [
             f"# train split: lambda_max {r['lambda_max']:.4g}, lambda_min {r['lambda_min']:.3g} "
             f"(condition number {r['condition']:.3g}) of the squared loss's Hessian:",
-            "# heavy ball with the momentum for that spread reaches the closed form in "
-            f"~6 sqrt(condition) = {6 * r['condition'] ** 0.5:.0f} full-batch epochs",
+            "# heavy ball at lr 1/lambda_max, momentum (1 - 1/sqrt(condition))^2, reaches the "
+            f"closed form in ~12 sqrt(condition) = {12 * r['condition'] ** 0.5:.0f} epochs",
         ]
     else:
-        r = classification_recipe(X, len(raw.class_names), base.lr, base.batch_size)
-        over = {k: r[k] for k in ("lr", "batch_size") if r[k] != getattr(base, k)}
-        why = [
-            f"# train split: stable step bound at the start 2/lambda_max = {r['bound']:.4g}"
-            + (
-                f"; lr {over['lr']:g} (train.classification.lr {base.lr:g} is above half of it)"
-                if "lr" in over
-                else f"; train.classification.lr {base.lr:g} is under half of it"
-            )
-        ]
-        if "batch_size" in over:
-            why.append(f"# batch_size {over['batch_size']}: the whole train split is smaller than {base.batch_size}")  # fmt: skip
+        wd = base.weight_decay
+        r = classification_recipe(X, wd, base.lr, base.batch_size, base.epochs)
+        keys = ("lr", "momentum", "batch_size", "epochs")
+        over = {k: r[k] for k in keys if k in r and r[k] != getattr(base, k)}
+        if "condition" in r:
+            why = [
+                f"# train split: cross-entropy curvature between weight_decay {wd:g} and "
+                f"L = {r['L']:.4g} (condition number <= {r['condition']:.3g}):",
+                "# full-batch heavy ball at lr 1/L, momentum (1 - 1/sqrt(condition))^2 reaches "
+                "LogisticRegression's optimum in ~12 sqrt(condition) = "
+                f"{12 * r['condition'] ** 0.5:.0f} epochs",
+            ]
+        else:
+            why = ["# weight_decay 0: no curvature floor; train.classification's recipe"]
     return over, why
