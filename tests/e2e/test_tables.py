@@ -160,13 +160,10 @@ def test_the_champion_scores_raw_table_rows_as_evaluate_did(tables_repo, tmp_pat
     test = load_npz(repo / "data/prepared/wine/test.npz")["index"]
     rows = frame.iloc[test].drop(columns="cultivar").reset_index(drop=True)
     expected = list(csv.reader((repo / "reports/wine/predictions.csv").open()))
-    client_uri = f"sqlite:///{repo / 'mlflow.db'}"
-    mlflow.set_tracking_uri(client_uri)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
         model = mlflow.pyfunc.load_model("models:/linflow-wine@champion")
         out = model.predict(rows)
-    finally:
-        mlflow.set_tracking_uri(None)
     assert [c.name for c in model.metadata.signature.inputs.inputs] == list(rows.columns)
     assert out["predicted"].tolist() == [r[1] for r in expected[1:]]
     np.testing.assert_allclose(out.iloc[:, 1:].to_numpy(), [[float(x) for x in r[2:]] for r in expected[1:]], rtol=1e-5)  # fmt: skip

@@ -155,6 +155,11 @@ def test_publish_makes_a_postgres_backed_server_complete(clone, postgres, tmp_pa
             assert {"model/model.safetensors", "model/model.json"} <= model
             assert any(k.startswith("test_") for k in ref.data.metrics)
             assert {a.path for a in client.list_artifacts(ref.info.run_id)} == {"reference.json"}
+            # The registry on the server: one version of these weights, gated, champion.
+            (version,) = client.search_model_versions(f"name = 'linflow-{ds}'")
+            assert version.tags["linflow.weights_md5"] == train.data.tags["linflow.weights_md5"]
+            assert version.tags["linflow.gate"] == "pass"
+            assert client.get_registered_model(f"linflow-{ds}").aliases == {"champion": version.version}  # fmt: skip
         assert ids["digits"][0] == bare.info.run_id  # completed, not replaced
         assert ids["line"][0] == line_run.info.run_id
 
@@ -162,6 +167,7 @@ def test_publish_makes_a_postgres_backed_server_complete(clone, postgres, tmp_pa
         res = run(["linflow", "publish", *DATASETS], clone, env)
         assert "created" not in res.stderr and "completed" not in res.stderr, res.stderr
         for ds in DATASETS:
+            assert len(client.search_model_versions(f"name = 'linflow-{ds}'")) == 1
             assert [r.info.run_id for r in _runs(client, ds, "training")] == [ids[ds][0]]
             assert [r.info.run_id for r in _runs(client, ds, "reference")] == [ids[ds][1]]
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from linflow.core.errors import DataError
-from linflow.core.storage import load_npz, save_weights
+from linflow.core.storage import file_md5, load_npz, save_weights
 
 
 def _test_rows(run) -> pd.DataFrame:
@@ -44,19 +44,27 @@ def _predict(run_stage, run, *argv):
 
 @pytest.mark.parametrize("fixture", ["digits_run", "line_run"])
 def test_predict_on_the_test_rows_reproduces_predictions_csv_exactly(
-    fixture, request, tmp_path, run_stage
+    fixture, request, tmp_path, run_stage, mlflow_client
 ):
     run = request.getfixturevalue(fixture)
+    # evaluate's predictions of the model in the workspace now (other tests may retrain it).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run.root)
+        run_stage("evaluate", run.params, run.name, "--reports", tmp_path / "evaluated")
     rows = tmp_path / "rows.csv"
     _test_rows(run).to_csv(rows, index=False)
     out = tmp_path / "scored.csv"
     _predict(run_stage, run, "--input", rows, "--output", out)
-    ours, theirs = _rows(out), _rows(run.reports / "predictions.csv")
+    ours, theirs = _rows(out), _rows(tmp_path / "evaluated" / "predictions.csv")
     assert ours[0] == theirs[0][1:]  # predicted (+ p_<class>): predictions.csv without actual
     assert [r for r in ours[1:]] == [r[1:] for r in theirs[1:]]
-    # The registered champion, fetched from MLflow, scores the same rows the same way.
+    # The registered version of these weights, fetched from MLflow, scores them the same.
+    md5 = file_md5(run.model / "model.safetensors")
+    (version,) = mlflow_client.search_model_versions(
+        f"name = 'linflow-{run.name}' and tags.`linflow.weights_md5` = '{md5}'"
+    )
     via_mlflow = tmp_path / "scored_mlflow.csv"
-    uri = f"models:/linflow-{run.name}@champion"
+    uri = f"models:/linflow-{run.name}/{version.version}"
     _predict(run_stage, run, "--input", rows, "--output", via_mlflow, "--model", uri)
     assert _rows(via_mlflow) == ours
 
@@ -151,45 +159,48 @@ def test_no_pickle_in_any_logged_model(digits_run, line_run, tmp_path):
         assert "python_model" not in flavor  # a pickled PythonModel would be named here
 
 
-def test_registry_one_version_per_new_weights_with_tags_card_and_champion(
-    digits_run, mlflow_client
-):
-    versions = mlflow_client.search_model_versions("name = 'linflow-digits'")
-    assert len(versions) == 1  # one training, one version
-    v = versions[0]
+@pytest.fixture
+def line_store(tmp_path, monkeypatch, make_params, run_stage):
+    """line's pipeline in its own folder and MLflow store: the registry from scratch."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    for stage in ("prepare", "split", "train", "reference", "compare"):
+        run_stage(stage, params, "line")
+    return MlflowClient(tracking_uri=uri), params
+
+
+def test_registry_one_version_per_new_weights_with_tags_card_and_champion(line_store):
+    client, _ = line_store
+    (v,) = client.search_model_versions("name = 'linflow-line'")  # one training, one version
     assert {"linflow.weights_md5", "linflow.data_md5", "mlflow.source.git.commit", "linflow.params_md5", "linflow.gate"} <= set(v.tags)  # fmt: skip
     assert v.tags["linflow.gate"] == "pass"
-    assert v.description.startswith("**linflow digits**: classification, torch cross_entropy")
+    assert v.description.startswith("**linflow line**: regression, torch mse")
     assert "Gate: pass" in v.description and "data md5" in v.description
-    model = mlflow_client.get_registered_model("linflow-digits")
-    assert model.aliases == {"champion": v.version}
-    run = mlflow_client.get_run(v.run_id)
+    assert client.get_registered_model("linflow-line").aliases == {"champion": v.version}
+    run = client.get_run(v.run_id)
     assert run.data.tags["linflow.weights_md5"] == v.tags["linflow.weights_md5"]
 
 
 def test_same_weights_add_no_version_and_an_experiment_gets_challenger(
-    digits_run, tmp_path, run_stage, mlflow_client, monkeypatch
+    line_store, run_stage, monkeypatch
 ):
-    """A rerun with the same weights adds none; in a DVC experiment a passing gate gives
+    """A rerun to the same weights adds none; in a DVC experiment a passing gate gives
     challenger, never champion."""
-    out = tmp_path / "model"
-    monkeypatch.chdir(digits_run.root)
-    run_stage("train", digits_run.params, "digits", "--model", out, "--reports", tmp_path / "r")
-    assert len(mlflow_client.search_model_versions("name = 'linflow-digits'")) == 1
-    params = digits_run.params.model_copy(deep=True)
-    edited = params.train.classification.model_copy(update={"epochs": 20})
-    params = params.model_copy(update={"train": params.train.model_copy(update={"classification": edited})})  # fmt: skip
-    monkeypatch.setenv("DVC_EXP_NAME", "short-digits")
-    run_stage("train", params, "digits", "--model", out, "--reports", tmp_path / "r")
-    versions = mlflow_client.search_model_versions("name = 'linflow-digits'")
+    client, params = line_store
+    run_stage("train", params, "line")
+    assert len(client.search_model_versions("name = 'linflow-line'")) == 1
+    edited = params.train.regression.model_copy(update={"weight_decay": 0.01})  # another optimum
+    params = params.model_copy(update={"train": params.train.model_copy(update={"regression": edited})})  # fmt: skip
+    monkeypatch.setenv("DVC_EXP_NAME", "short-line")
+    for stage in ("train", "reference", "compare"):
+        run_stage(stage, params, "line")
+    versions = sorted(client.search_model_versions("name = 'linflow-line'"), key=lambda v: int(v.version))  # fmt: skip
     assert len(versions) == 2
-    new = max(versions, key=lambda v: int(v.version))
-    assert new.tags["dvc.exp_name"] == "short-digits"
-    run_stage(
-        "compare", params, "digits", "--model", out, "--reports", tmp_path / "r",
-        "--data", digits_run.data, "--reference", digits_run.reference,
-    )  # fmt: skip
-    aliases = mlflow_client.get_registered_model("linflow-digits").aliases
-    gate = mlflow_client.get_model_version("linflow-digits", new.version).tags["linflow.gate"]
-    assert aliases["champion"] != new.version
-    assert aliases.get("challenger") == (new.version if gate == "pass" else None)
+    first, new = versions
+    assert new.tags["dvc.exp_name"] == "short-line" and new.tags["linflow.gate"] == "pass"
+    aliases = client.get_registered_model("linflow-line").aliases
+    assert aliases == {"champion": first.version, "challenger": new.version}

@@ -15,9 +15,14 @@ SPLIT_KEYS = {"X", "y", "index", "task", "class_names", "feature_names", "x_scal
 
 def test_line_splits_70_15_15_at_the_default_paths(line_run):
     assert sorted(p.name for p in line_run.data.iterdir()) == [
-        "scaler.json", "test.npz", "train.npz", "val.npz",
+        "example.json", "scaler.json", "test.npz", "train.npz", "val.npz",
     ]  # fmt: skip
     raw = load_npz(line_run.raw)
+    # The logged model's input example: the first 5 test rows, raw columns.
+    example = read_json(line_run.data / "example.json")
+    test = load_npz(line_run.data / "test.npz")
+    assert example["columns"] == ["x"]
+    assert example["data"] == raw["X"][test["index"][:5]].astype(float).tolist()
     parts = {s: load_npz(line_run.data / f"{s}.npz") for s in ("train", "val", "test")}
     for part in parts.values():
         assert set(part) == SPLIT_KEYS

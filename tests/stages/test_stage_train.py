@@ -33,7 +33,7 @@ def test_line_writes_weights_card_and_history_at_the_default_paths(line_run):
     # A built-in set's transform: its features are the model's inputs, with the scaler.
     transform = read_json(line_run.model / "transform.json")
     assert transform["kind"] == "array" and transform["encoder"] is None
-    assert transform["inputs"] == [{"name": "x", "kind": "numeric"}]
+    assert transform["inputs"] == [{"name": "x", "kind": "numeric", "type": "double"}]
     assert transform["scaler"] == read_json(line_run.data / "scaler.json")
     tensors, meta = load_weights(line_run.model / "model.safetensors")
     assert tensors["weight"].shape == (1, 1) and tensors["bias"].shape == (1,)

@@ -15,7 +15,9 @@ that reproduces the same bytes, or a run-cache restore (no training), adds none.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -72,7 +74,27 @@ def _package(tmp: Path) -> tuple[Path, Path]:
     return code, pkg
 
 
-def log_model(run_id: str, experiment_id: str, model_dir: Path, task: str, example: Mapping | None):
+@contextlib.contextmanager
+def _fluent_store(uri: str):
+    """MLflow's fluent API (which Model.log uses) pointed at `uri` for the block, through
+    the environment variable it reads; the variable is restored afterwards. Not
+    mlflow.set_tracking_uri: that also writes the variable, and unsets it on reset,
+    so a caller's own MLFLOW_TRACKING_URI would be lost."""
+    key = "MLFLOW_TRACKING_URI"
+    before = os.environ.get(key)
+    os.environ[key] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def log_model(
+    client, run_id: str, experiment_id: str, model_dir: Path, task: str, example: Mapping | None
+):
     """Log models/<ds>/ as the run's MLflow Model; its ModelInfo (model_id, model_uri)."""
     import mlflow
     import pandas as pd
@@ -80,23 +102,31 @@ def log_model(run_id: str, experiment_id: str, model_dir: Path, task: str, examp
     from mlflow.utils import environment
 
     transform = json.loads((model_dir / "transform.json").read_text())
-    mlflow.set_experiment(experiment_id=experiment_id)  # where MLflow 3 files the model
     frame = None
     if example and example.get("data"):
         frame = pd.DataFrame(example["data"], columns=example["columns"])
+    # Created in the run's experiment by our client (Model.log would file it in the
+    # fluent API's active experiment: MLflow's Default).
+    model = client.create_logged_model(
+        experiment_id=experiment_id, name="model", source_run_id=run_id, model_type="linflow"
+    )
     # MLflow checks the pinned requirements against this environment by scanning every
     # installed distribution's files (0.9 s here); they were read from this environment
     # (requirements()), so they hold by construction.
     check = environment.warn_dependency_requirement_mismatches
     environment.warn_dependency_requirement_mismatches = lambda reqs: None
     try:
-        with tempfile.TemporaryDirectory(prefix="linflow-model-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="linflow-model-") as tmp,
+            _fluent_store(client.tracking_uri),
+        ):
             code, pkg = _package(Path(tmp))
             return Model.log(
                 artifact_path=None,
                 name="model",
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
+                model_id=model.model_id,
                 python_model=str(code),
                 code_paths=[str(pkg)],
                 artifacts={

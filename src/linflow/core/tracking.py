@@ -493,7 +493,9 @@ class TrainingRun:
             **tags,
         }
         try:
-            info = registry.log_model(self.run_id, self.experiment_id, model_dir, task, example)
+            info = registry.log_model(
+                self.client, self.run_id, self.experiment_id, model_dir, task, example
+            )
             version, added = registry.register(self.client, self.dataset, info, self.run_id, tags)
         except Exception as exc:
             raise _wrap(exc) from None
@@ -680,30 +682,35 @@ def download_model(uri: str, dest: Path) -> Path:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not 12
     try:
-        mlflow.set_tracking_uri(tracking_uri())
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri()
+        )
+        return Path(local)
     except Exception as exc:
         raise TrackingError(f"{uri}: cannot fetch the model ({_one_line(exc)})") from None
 
 
 def publish_model(
     dataset: str, run_id: str, model_dir: Path, task: str, example, tags: Mapping[str, str]
-) -> str | None:
+) -> tuple[str | None, bool]:
     """The registered version of these weights (tags[WEIGHTS_TAG]) for `linflow publish`:
-    when none exists, the run's MLflow Model is logged and registered. Returns what was
-    done, or None when the store had it already (never a duplicate)."""
+    when none exists, the run's MLflow Model is logged and registered. Returns (what was
+    done, or None when the store had the version already -- never a duplicate; whether
+    the version still lacks compare's verdict)."""
     from linflow.core import registry
 
     try:
         client = _client()
-        if registry.find_version(client, dataset, tags[WEIGHTS_TAG]) is not None:
-            return None
+        found = registry.find_version(client, dataset, tags[WEIGHTS_TAG])
+        if found is not None:
+            return None, registry.GATE_TAG not in (found.tags or {})
         exp_id = client.get_run(run_id).info.experiment_id
-        info = registry.log_model(run_id, exp_id, model_dir, task, example)
+        info = registry.log_model(client, run_id, exp_id, model_dir, task, example)
         version, _ = registry.register(client, dataset, info, run_id, dict(tags))
     except Exception as exc:
         raise _wrap(exc) from None
-    return f"model logged, {registry.model_name(dataset)} version {version.version} registered"
+    name = registry.model_name(dataset)
+    return f"model logged, {name} version {version.version} registered", True
 
 
 def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str | None:

@@ -244,13 +244,14 @@ def _publish_model(dataset: str, run_id: str, r: _Run, params, args) -> None:
         tracking.WEIGHTS_TAG: r.key[1],
         **{k: v for k, v in r.tags.items() if k in ("linflow.data_md5",)},
     }
-    said = tracking.publish_model(
+    said, ungated = tracking.publish_model(
         dataset, run_id, model_dir, params.dataset(dataset).task,
         read_json(example) if example.is_file() else None, version_tags,
     )  # fmt: skip
-    if said is None:
+    if said:
+        log.info("publish %s: %s", dataset, said)
+    if not ungated:  # a version with compare's verdict already: nothing to add
         return
-    log.info("publish %s: %s", dataset, said)
     compare = Path(args.reports) / dataset / "compare.json"
     doc = CompareDoc.from_json(read_json(compare), str(compare))
     card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
