@@ -629,6 +629,19 @@ def _create_run(client, exp_id: str, tags: Mapping[str, str], run_name: str) -> 
     return run.info.run_id
 
 
+def _runs_of_weights(client, dataset: str, weights_md5: str) -> list:
+    """The newest training run in linflow-<dataset> that produced these weights ([] if none)."""
+    exp = client.get_experiment_by_name(f"linflow-{dataset}")
+    if exp is None:
+        return []
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+
+
 def log_to_training_run(
     dataset: str,
     weights_md5: str,
@@ -645,15 +658,7 @@ def log_to_training_run(
 
     try:
         client = _client()
-        exp = client.get_experiment_by_name(f"linflow-{dataset}")
-        runs = []
-        if exp is not None:
-            runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
+        runs = _runs_of_weights(client, dataset, weights_md5)
         if not runs:
             log.warning(
                 "no MLflow run in linflow-%s produced these weights (md5 %s); "
@@ -723,15 +728,7 @@ def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str 
 
     try:
         client = _client()
-        exp = client.get_experiment_by_name(f"linflow-{dataset}")
-        runs = []
-        if exp is not None:
-            runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`{WEIGHTS_TAG}` = '{weights_md5}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
+        runs = _runs_of_weights(client, dataset, weights_md5)
         trained = runs[0].data.tags if runs else {}
         committed = not (
             os.environ.get("DVC_EXP_NAME")
