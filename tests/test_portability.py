@@ -88,11 +88,14 @@ def test_a_failing_variant_fails_the_run_and_shows_the_row():
 
 def test_verify_report_explains_differences_by_the_platform():
     here = fingerprint({"train": 1})
-    other = {**here, "torch_cpu": "AVX512"}
+    # The "other" platform derives from this one: on an AVX-512 machine a fake AVX512
+    # would equal the real one (and emulation cannot raise a CPU to AVX-512, only lower it).
+    theirs = "AVX2" if here["torch_cpu"] == "AVX512" else "AVX512"
+    other = {**here, "torch_cpu": theirs}
     rows = [Row("models/line", "train@line", "differs", "md5 a -> b")]
     text = Report(rows, [], committed_platform=other, platform=here).render()
-    assert "Numeric platform: committed" in text and "torch AVX512" in text
-    assert "1 outputs differ as expected across platforms (torch_cpu AVX512 -> " in text
+    assert "Numeric platform: committed" in text and f"torch {theirs}" in text
+    assert f"1 outputs differ as expected across platforms (torch_cpu {theirs} -> " in text
     same = Report(rows, [], committed_platform=here, platform=here).render()
     assert "the same platform, so outputs that differ point at nondeterminism" in same
     doc = Report(rows, [], committed_platform=other, platform=here).to_json()
