@@ -31,6 +31,7 @@ __all__ = [
     "encoded_names",
     "apply_scaler",
     "category_text",
+    "category_codes",
     "to_days",
     "MISSING_LEVEL",
 ]
@@ -87,10 +88,15 @@ def encode(encoder: dict, X_num: np.ndarray, X_cat: np.ndarray) -> tuple[np.ndar
     n = X_num.shape[0] if X_num.ndim == 2 and X_num.shape[1] else X_cat.shape[0]
     d = len(encoder["numeric"]) + sum(len(c["levels"]) for c in encoder["categorical"])
     out = np.zeros((n, d), dtype=np.float32)
-    for j, col in enumerate(encoder["numeric"]):
-        values = X_num[:, j]
-        out[:, j] = np.where(np.isnan(values), col["fill"], values)
     at = len(encoder["numeric"])
+    if at:
+        # One row-major pass (float64 -> float32), then the fills: writing column by
+        # column would sweep the whole matrix once per column.
+        out[:, :at] = X_num
+        empty_rows, empty_cols = np.nonzero(np.isnan(X_num))
+        if empty_rows.size:
+            fills = np.array([col["fill"] for col in encoder["numeric"]], dtype=np.float64)
+            out[empty_rows, empty_cols] = fills[empty_cols]
     unseen: dict[str, int] = {}
     for j, col in enumerate(encoder["categorical"]):
         values = np.where(X_cat[:, j] == "", MISSING_LEVEL, X_cat[:, j])
@@ -119,18 +125,43 @@ def apply_scaler(X: np.ndarray, scaler) -> np.ndarray:
     return Xf
 
 
+def _text(v) -> str:
+    return str(int(v)) if isinstance(v, float) and v == int(v) else str(v)
+
+
+# Cells of one of these types that compare equal are spelled alike (not so for Decimal).
+_GROUPABLE = (str, int, float, bool)
+
+
+def category_codes(values: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, texts): cell i of a categorical column is the text texts[codes[i]], or ''
+    (an empty cell) where codes[i] is -1. Texts may repeat (3 and 3.0 are both '3').
+
+    When every present cell has the same plain type (a column as read from a file), equal
+    cells are grouped first (pandas.factorize), so the spelling runs once per distinct
+    value instead of once per row."""
+    present = np.flatnonzero(~missing)
+    cells = values[present]
+    codes = np.full(values.shape[0], -1, dtype=np.int64)
+    kinds = set(map(type, cells))
+    if len(kinds) == 1 and kinds.pop() in _GROUPABLE:
+        import pandas as pd
+
+        cell_codes, uniques = pd.factorize(cells, use_na_sentinel=False)
+        texts = [_text(v) for v in uniques.tolist()]  # Python scalars, as the cells were
+    else:
+        cell_codes, texts = np.arange(cells.size), [_text(v) for v in cells]
+    codes[present] = cell_codes
+    return codes, np.array(texts, dtype=str) if texts else np.zeros(0, dtype="<U1")
+
+
 def category_text(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """A categorical column's cells as text, '' for an empty cell: the one spelling of a
     level wherever rows come from (a whole number read as 3.0 is the level '3')."""
-    out = np.empty(values.shape[0], dtype=object)
-    for i, v in enumerate(values):
-        if missing[i]:
-            out[i] = ""
-        elif isinstance(v, float) and v == int(v):
-            out[i] = str(int(v))
-        else:
-            out[i] = str(v)
-    return out.astype(str) if out.size else np.zeros(0, dtype="<U1")
+    if not values.shape[0]:
+        return np.zeros(0, dtype="<U1")
+    codes, texts = category_codes(values, missing)
+    return np.append(texts, "")[codes]  # code -1: the '' appended
 
 
 EPOCH_DAYS = "1970-01-01"

@@ -276,7 +276,13 @@ def _read_csv(path: Path, fmt: str, delimiter: str, decimal: str) -> TableRead:
 
 
 def _to_pandas(table):
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    import pyarrow as pa
+
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    # pyarrow's allocator keeps the reader's freed scratch (~1.5x a CSV's size) for
+    # itself, where numpy cannot reuse it: hand it back to the system.
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def _check_names(path: Path, names: list[str]) -> None:
@@ -333,8 +339,8 @@ def _kind(series) -> str:
     if pd.api.types.is_integer_dtype(dtype):
         return "integer"
     if pd.api.types.is_float_dtype(dtype):
-        values = series.dropna().to_numpy()
-        finite = values[np.isfinite(values)]
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = values[np.isfinite(values)]  # NaN (empty) is not finite
         return "integer" if finite.size and np.all(finite == np.round(finite)) else "numeric"
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return "date"
@@ -351,10 +357,11 @@ def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
 
-def _numbers(read: TableRead, name: str) -> np.ndarray:
-    """A numeric (or bool) column as float64, NaN for empty cells; inf is an error."""
+def _numbers(read: TableRead, name: str, kind: str | None = None) -> np.ndarray:
+    """A numeric (or bool) column as float64, NaN for empty cells; inf is an error.
+    `kind`: the column's _kind when the caller has it."""
     series = read.frame[name]
-    kind = _kind(series)
+    kind = kind or _kind(series)
     if kind == "bool":
         values = (
             series.astype("float64").to_numpy()
@@ -411,19 +418,26 @@ def _dates(read: TableRead, name: str) -> np.ndarray:
 
 def _levels(read: TableRead, name: str) -> np.ndarray:
     """A categorical column as text ('' for an empty cell); ints stay '3', not '3.0'."""
-    from linflow.transform import category_text
+    from linflow.transform import category_codes, category_text
 
     series = read.frame[name]
     missing = series.isna().to_numpy()
-    out = category_text(series.to_numpy(dtype=object), missing)
-    present = out[~missing]
-    if present.size >= 10 and np.unique(present).size == present.size:
+    if series.dtype == object:
+        codes, texts = category_codes(series.to_numpy(dtype=object), missing)
+    else:  # one type (text, numbers, bools): pandas groups equal cells, each spelled once
+        import pandas as pd
+
+        codes, uniques = pd.factorize(series)  # code -1: an empty cell, as isna says
+        cells = np.array(uniques.tolist(), dtype=object)
+        texts = category_text(cells, np.zeros(cells.size, dtype=bool))
+    present = int(missing.size - np.count_nonzero(missing))
+    if present >= 10 and np.unique(texts).size == present:  # texts: one per distinct cell
         raise DataError(
             f"{read.path}: column {name!r} of data.categorical has a distinct value in every "
-            f"row ({present.size} levels), like an ID: one-hot encoding it memorises rows; move "
+            f"row ({present} levels), like an ID: one-hot encoding it memorises rows; move "
             "it to data.drop"
         )
-    return out
+    return np.append(texts, "")[codes] if codes.size else np.zeros(0, dtype="<U1")
 
 
 def feature_columns(read: TableRead, cfg) -> list[str]:
@@ -450,7 +464,9 @@ def frame_columns(read: TableRead, cfg) -> tuple[list[str], np.ndarray, list[str
     if not used:
         raise DataError(f"{read.path}: no feature columns left besides the target {cfg.target!r}")
     n = len(read.frame)
-    num_names, num_cols, cat_names, cat_cols, inputs = [], [], [], [], []
+    # Filled a column at a time: one float64 matrix, not a list of columns and a copy.
+    X = np.empty((n, sum(name not in cfg.categorical for name in used)), dtype=np.float64)
+    num_names, cat_names, cat_cols, inputs = [], [], [], []
     for name in used:
         if name in cfg.categorical:
             cat_names.append(name)
@@ -459,25 +475,24 @@ def frame_columns(read: TableRead, cfg) -> tuple[list[str], np.ndarray, list[str
             dtype = {"integer": "long", "bool": "boolean"}.get(_kind(read.frame[name]), "string")
             inputs.append({"name": name, "kind": "categorical", "type": dtype})
         elif name in cfg.dates:
+            X[:, len(num_names)] = _dates(read, name)
             num_names.append(name)
-            num_cols.append(_dates(read, name))
             inputs.append({"name": name, "kind": "date"})
         else:
             kind = _kind(read.frame[name])
+            X[:, len(num_names)] = _numbers(read, name, kind)
             num_names.append(name)
-            num_cols.append(_numbers(read, name))
             inputs.append({"name": name, "kind": "bool" if kind == "bool" else "numeric"})
-    X = np.column_stack(num_cols) if num_cols else np.zeros((n, 0), dtype=np.float64)
     X_cat = np.column_stack(cat_cols) if cat_cols else np.zeros((n, 0), dtype="<U1")
     return num_names, X, cat_names, X_cat, inputs
 
 
 def _check_missing(read: TableRead, cfg, num_names, X, cat_names, X_cat) -> None:
     counts = []
-    for j, name in enumerate(num_names):
-        miss = np.isnan(X[:, j])
-        if miss.any():
-            counts.append((name, int(miss.sum()), _first(miss)))
+    empty = np.isnan(X)  # (n, d): one pass over the matrix, not one per column
+    for j in np.flatnonzero(empty.any(axis=0)):
+        miss = empty[:, j]
+        counts.append((num_names[j], int(miss.sum()), _first(miss)))
     for j, name in enumerate(cat_names):
         miss = X_cat[:, j] == ""
         if miss.any():

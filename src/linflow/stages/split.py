@@ -57,6 +57,8 @@ def run(args, params) -> None:
             raise
         raise table_split_error(table["path"], table["target"], exc) from None
     keep = {k: v for k, v in raw.items() if k not in ("X", "y", "is_test", "X_cat", "table")}
+    # A few test rows as a user has them (raw columns): the logged model's input example.
+    example = example_rows(raw, table, idx[2][:EXAMPLE_ROWS])
     if table is None:
         X = raw["X"]
         scaler = fit_scaler(X[idx[0]], float(raw["x_scale"]), cfg.standardize)
@@ -67,8 +69,7 @@ def run(args, params) -> None:
     for name, rows in zip(SPLITS, idx, strict=True):
         save_npz(out / f"{name}.npz", X=X[rows], y=raw["y"][rows], index=rows, **keep)
     write_json(out / "scaler.json", scaler)
-    # A few test rows as a user has them (raw columns): the logged model's input example.
-    write_json(out / "example.json", example_rows(raw, table, idx[2][:EXAMPLE_ROWS]))
+    write_json(out / "example.json", example)
     log.info("split %s: train/val/test = %d/%d/%d", args.dataset, *(i.size for i in idx))
 
 
@@ -107,7 +108,8 @@ def example_rows(raw: dict, table: dict | None, rows: np.ndarray) -> dict:
 
 def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):
     """(encoded X of every row (float32), its scaler, the transform document): the encoder
-    and the scaler are fitted on the train rows only."""
+    and the scaler are fitted on the train rows only. The raw columns (X, X_cat) leave
+    `raw` once encoded, so the scaler's fit and the writes do not hold them too."""
     from linflow.core.artifacts import table_transform
     from linflow.split import fit_scaler
     from linflow.transform import encode, encoded_names, fit_encoder
@@ -120,7 +122,7 @@ def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):
         table["categorical"],
         table["missing"],
     )
-    X, unseen = encode(encoder, raw["X"], raw["X_cat"])  # (n, d_encoded)
+    X, unseen = encode(encoder, raw.pop("X"), raw.pop("X_cat"))  # (n, d_encoded)
     for column, rows in unseen.items():
         log.warning(
             "split %s: %d val/test row(s) have a level of %r not seen in the train rows; "
