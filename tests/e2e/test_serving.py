@@ -70,7 +70,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_rows(repo: Path, dataset: str) -> tuple[list[str], list[list[float]]]:
+def _test_rows(repo: Path, dataset: str) -> tuple[list[str], list[list[float]]]:
     raw = load_npz(repo / f"data/raw/{dataset}.npz")
     index = load_npz(repo / f"data/prepared/{dataset}/test.npz")["index"]
     return [str(f) for f in raw["feature_names"]], raw["X"][index].astype(float).tolist()
@@ -78,7 +78,7 @@ def test_rows(repo: Path, dataset: str) -> tuple[list[str], list[list[float]]]:
 
 @pytest.mark.parametrize("dataset", ["digits", "diabetes"])
 def test_the_served_champion_answers_with_linflow_predicts_numbers(repo, dataset, tmp_path):
-    columns, data = test_rows(repo, dataset)
+    columns, data = _test_rows(repo, dataset)
     rows = tmp_path / "rows.csv"
     with rows.open("w", newline="") as fh:
         w = csv.writer(fh)

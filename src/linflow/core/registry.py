@@ -27,6 +27,10 @@ from pathlib import Path
 __all__ = ["model_name", "log_model", "register", "find_version", "record_gate", "ALIASES"]
 
 WEIGHTS_TAG = "linflow.weights_md5"
+# The logged model's name in its run (runs:/<run id>/pyfunc). Not "model": the run's
+# artifact folder model/ (weights, card, transform) has that name, and MLflow 3
+# resolves runs:/<run id>/model to a logged model of that name first.
+LOGGED_NAME = "pyfunc"
 GATE_TAG = "linflow.gate"
 ALIASES = ("champion", "challenger")
 SHIPPED = ("scoring.py", "transform.py", "metrics.py")  # linflow's pure scoring path
@@ -108,7 +112,7 @@ def log_model(
     # Created in the run's experiment by our client (Model.log would file it in the
     # fluent API's active experiment: MLflow's Default).
     model = client.create_logged_model(
-        experiment_id=experiment_id, name="model", source_run_id=run_id, model_type="linflow"
+        experiment_id=experiment_id, name=LOGGED_NAME, source_run_id=run_id, model_type="linflow"
     )
     # MLflow checks the pinned requirements against this environment by scanning every
     # installed distribution's files (0.9 s here); they were read from this environment
@@ -123,7 +127,7 @@ def log_model(
             code, pkg = _package(Path(tmp))
             return Model.log(
                 artifact_path=None,
-                name="model",
+                name=LOGGED_NAME,
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
                 model_id=model.model_id,

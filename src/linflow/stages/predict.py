@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output", required=True, help="predictions to write: .csv or .parquet")
     p.add_argument(
         "--model",
-        help="models:/linflow-<ds>@champion, runs:/<id>/model, or a folder "
+        help="models:/linflow-<ds>@champion, runs:/<run id>/pyfunc, or a folder "
         "(default: models/<dataset>)",
     )
     p.add_argument(
