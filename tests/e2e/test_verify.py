@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 LINE_OUTPUTS = [
     ("reports/params.valid", "validate"),
+    ("reports/summary/datasets.txt", "validate"),
     ("data/raw/line.npz", "prepare@line"),
     ("data/prepared/line", "split@line"),
     ("models/line", "train@line"),
@@ -90,7 +91,7 @@ def test_a_rerun_is_bit_identical_even_with_a_concurrent_repro(repo):
     got = rows(stdout)
     for path, stage in LINE_OUTPUTS:
         assert got[(path, stage)] == ["bit-identical"], (path, stdout)
-    assert stdout.strip().endswith("verify OK: 10 outputs; 10 bit-identical")
+    assert stdout.strip().endswith("verify OK: 11 outputs; 11 bit-identical")
     for stage in ("prepare@line", "split@line", "train@line", "evaluate@line"):
         assert f"Running stage '{stage}'" in stderr  # forced: each really ran
     assert git(repo, "status", "--porcelain", "reports") == ""
