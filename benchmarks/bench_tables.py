@@ -44,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # Goals of issue 22 item 9: ratio (stages / yardstick) at most this.
 GOALS = {"csv_time": 2.0, "parquet_time": 1.5, "memory": 3.0}
@@ -57,14 +58,12 @@ IMPORT_FLOOR = (
 )
 
 
+from machine import cpu_model  # noqa: E402
+
+
 def _cpu() -> dict[str, str]:
     """Which CPU and which kernels this ran on: parsing and copying speed depend on both."""
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     import pyarrow as pa
 
     simd = np.__config__.CONFIG.get("SIMD Extensions", {})

@@ -37,6 +37,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from linflow.core.artifacts import apply_scaler  # noqa: E402
 from linflow.core.config import load_params  # noqa: E402
@@ -52,14 +53,12 @@ def _burn(stop):  # pragma: no cover - runs in a child process
             x += 1
 
 
+from machine import cpu_model  # noqa: E402
+
+
 def _cpu() -> dict[str, str]:
     """Which CPU and which kernels this ran on: the ratios hold per CPU kind."""
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     return {
         "model": model,
         "torch_isa": torch.backends.cpu.get_cpu_capability(),  # DEFAULT, AVX2, AVX512
