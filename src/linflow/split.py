@@ -12,7 +12,7 @@ import numpy as np
 
 from linflow.core.errors import DataError
 
-__all__ = ["split_indices", "fit_scaler", "table_split_error"]
+__all__ = ["split_indices", "fit_scaler", "fit_table", "table_split_error"]
 
 
 def _counts(n: int, val: float, test: float) -> tuple[int, int, int]:
@@ -101,3 +101,27 @@ def table_split_error(path: str, target: str, exc: DataError) -> DataError:
         f"{path}: target column {target!r}: {exc} (a stratified split puts every class in "
         "train, val and test: remove or merge rare classes)"
     )
+
+
+def fit_table(
+    X_num: np.ndarray,
+    X_cat: np.ndarray,
+    num_names: list[str],
+    cat_names: list[str],
+    missing: str,
+    train: np.ndarray,
+    standardize: bool,
+) -> tuple[dict, np.ndarray, dict, dict]:
+    """A table's encoder and scaler, both fitted on the `train` rows, and every row encoded.
+
+    The one fit split writes and add-dataset's recipe reads (linflow.transform): returns
+    (encoder, X of shape (n, d_encoded) float32 unscaled, {column: rows with an unseen
+    level}, scaler; only the numeric columns are standardised, indicators stay 0/1).
+    """
+    from linflow.transform import encode, fit_encoder
+
+    encoder = fit_encoder(X_num[train], X_cat[train], num_names, cat_names, missing)
+    X, unseen = encode(encoder, X_num, X_cat)  # (n, d_encoded)
+    del X_num, X_cat  # the raw columns go before the scaler's fit (split's peak memory)
+    scaler = fit_scaler(X[train], 1.0, standardize, columns=len(encoder["numeric"]))
+    return encoder, X, unseen, scaler

@@ -284,18 +284,15 @@ def _recipe(params, name: str, raw) -> tuple[dict, list[str]]:
     train split's features exactly as split will encode and scale them."""
     from linflow.core.artifacts import apply_scaler
     from linflow.recipe import classification_recipe, regression_recipe
-    from linflow.split import fit_scaler
-    from linflow.transform import encode, fit_encoder
+    from linflow.split import fit_table
 
     cfg = params.dataset(name)
     rows = _train_rows(params, name, raw)
-    encoder = fit_encoder(
-        raw.X[rows], raw.categorical[rows], raw.feature_names, raw.table["categorical"],
-        raw.table["missing"],
+    _, X, _, scaler = fit_table(
+        raw.X, raw.categorical, raw.feature_names, raw.table["categorical"],
+        raw.table["missing"], rows, cfg.standardize,
     )  # fmt: skip
-    X, _ = encode(encoder, raw.X[rows], raw.categorical[rows])
-    scaler = fit_scaler(X, 1.0, cfg.standardize, columns=len(encoder["numeric"]))
-    X = apply_scaler(X, scaler)
+    X = apply_scaler(X[rows], scaler)
     base = params.train.for_task(raw.task)
     if raw.task == "regression":
         r = regression_recipe(X)

@@ -111,25 +111,24 @@ def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):
     and the scaler are fitted on the train rows only. The raw columns (X, X_cat) leave
     `raw` once encoded, so the scaler's fit and the writes do not hold them too."""
     from linflow.core.artifacts import table_transform
-    from linflow.split import fit_scaler
-    from linflow.transform import encode, encoded_names, fit_encoder
+    from linflow.split import fit_table
+    from linflow.transform import encoded_names
 
-    train = idx[0]
-    encoder = fit_encoder(
-        raw["X"][train],
-        raw["X_cat"][train],
+    encoder, X, unseen, scaler = fit_table(
+        raw.pop("X"),
+        raw.pop("X_cat"),
         [str(f) for f in raw["feature_names"]],
         table["categorical"],
         table["missing"],
+        idx[0],
+        standardize,
     )
-    X, unseen = encode(encoder, raw.pop("X"), raw.pop("X_cat"))  # (n, d_encoded)
     for column, rows in unseen.items():
         log.warning(
             "split %s: %d val/test row(s) have a level of %r not seen in the train rows; "
             "encoded as its baseline level (all indicators 0)",
             dataset, rows, column,
         )  # fmt: skip
-    scaler = fit_scaler(X[train], 1.0, standardize, columns=len(encoder["numeric"]))
     transform = table_transform(
         table, encoder, encoded_names(encoder), [str(c) for c in raw["class_names"]], scaler
     )
