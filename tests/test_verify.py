@@ -109,6 +109,24 @@ def test_a_changed_upstream_output_is_not_also_a_stale_dependency():
     assert stale_rows(old, new, STAGES, STAGES, changed_outputs=["data/raw/line.npz"]) == []
 
 
+def test_a_folder_dependency_holding_a_changed_output_is_not_stale():
+    # report depends on the folder reports/summary; compare@<ds> writes a file in it.
+    # Off-platform the file "differs" (allowed); the folder's new md5 is its consequence.
+    old, new = _lock(), _lock()
+    for lock, md5 in ((old, MD5["a"]), (new, MD5["e"])):
+        lock["report"] = {
+            "cmd": "linflow report",
+            "deps": [{"path": "reports/summary", "md5": md5 + ".dir"}],
+            "outs": [{"path": "reports/summary.md", "md5": MD5["f"]}],
+        }
+    ran = [*STAGES, "report"]
+    (row,) = stale_rows(old, new, ran, ran)
+    assert (row.path, row.stage, row.status) == ("reports/summary", "report", "stale lock")
+    assert stale_rows(old, new, ran, ran, changed_outputs=["reports/summary/line.json"]) == []
+    # ... and only a file inside it: a sibling sharing the prefix is not
+    assert len(stale_rows(old, new, ran, ran, changed_outputs=["reports/summary2.json"])) == 1
+
+
 def test_only_stages_that_ran_are_checked():
     # A targeted verify re-runs some stages; the others keep their committed entry.
     assert stale_rows(_lock(seed=0), _lock(seed=1), ["evaluate@line"], STAGES) == []

@@ -205,10 +205,11 @@ def stale_rows(
     old, new : parsed dvc.lock stages before and after the forced re-run
     ran : the stages the re-run ran (only their new entries are fresh)
     declared : every stage dvc.yaml declares now (None: do not check for leftovers)
-    changed_outputs : outputs the re-run changed; as deps of later stages their new
-        md5 is a consequence, reported once as the output's own row
+    changed_outputs : outputs the re-run changed; as deps of later stages (or inside a
+        folder that is one) their new md5 is a consequence, reported once as the
+        output's own row
     """
-    upstream = set(changed_outputs)
+    changed = set(changed_outputs)
     rows: list[Row] = []
     for stage in ran:
         was, now = old.get(stage), new.get(stage)
@@ -220,8 +221,9 @@ def stale_rows(
         if was.get("cmd") != now.get("cmd"):
             rows.append(Row("dvc.yaml", stage, STALE, "cmd differs from the committed lock", True))
         deps_was, deps_now = _by_path(was.get("deps")), _by_path(now.get("deps"))
-        for path in upstream & set(deps_was) & set(deps_now):
-            del deps_was[path], deps_now[path]
+        for path in set(deps_was) & set(deps_now):
+            if _holds_changed(path, changed):
+                del deps_was[path], deps_now[path]
         rows += _diff_rows(stage, deps_was, deps_now, "md5", lambda p: p)
         for file in sorted(set(was.get("params") or {}) | set(now.get("params") or {})):
             rows += _diff_rows(
@@ -239,6 +241,12 @@ def stale_rows(
         for stage in sorted(set(old) - set(declared)):
             rows.append(Row("dvc.lock", stage, STALE, "stage is no longer in dvc.yaml", True))
     return rows
+
+
+def _holds_changed(dep: str, changed: set[str]) -> bool:
+    """The dep is a changed output, or a folder holding one (report's reports/summary)."""
+    prefix = dep.rstrip("/") + "/"
+    return dep in changed or any(c.startswith(prefix) for c in changed)
 
 
 def gate_rows(outputs: Iterable[Output], current: Mapping[str, bytes | None]) -> list[Row]:
