@@ -128,7 +128,9 @@ class SyntheticData(_Strict):
     """d2l's synthetic_data: X ~ N(0, 1), y = X w + b + N(0, noise^2)."""
 
     n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 1000
-    w: Annotated[list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)]
+    w: Annotated[
+        list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)
+    ] = [2.0, -3.4]
     b: FiniteFloat = 4.2
     noise: NonNegFloat = 0.01
 
@@ -176,7 +178,7 @@ class LineSource(_Dataset):
         "'src/linflow/datasets/synthetic.py' (the code that makes it)",
         default="src/linflow/datasets/synthetic.py",
     )
-    task: Literal["regression"] = _allowed("'regression' for source line")
+    task: Literal["regression"] = _allowed("'regression' for source line", default="regression")
     data: LineData = LineData()
 
 
@@ -186,8 +188,8 @@ class SyntheticSource(_Dataset):
         "'src/linflow/datasets/synthetic.py' (the code that makes it)",
         default="src/linflow/datasets/synthetic.py",
     )
-    task: Literal["regression"] = _allowed("'regression' for source synthetic")
-    data: SyntheticData
+    task: Literal["regression"] = _allowed("'regression' for source synthetic", default="regression")
+    data: SyntheticData = SyntheticData()
 
 
 class DiabetesSource(_Dataset):
@@ -198,9 +200,11 @@ class DiabetesSource(_Dataset):
         "'src/linflow/datasets/bundled.py' (the code that makes it)",
         default="src/linflow/datasets/bundled.py",
     )
-    task: Literal["regression"] = _allowed("'regression' for source diabetes")
+    task: Literal["regression"] = _allowed("'regression' for source diabetes", default="regression")
     data: NoData = NoData()
     standardize: bool = True
+    # Ill-conditioned: heavy-ball momentum (params.yaml says why).
+    train: TrainOverrides = TrainOverrides(momentum=0.9)
 
 
 class DigitsSource(_Dataset):
@@ -211,7 +215,7 @@ class DigitsSource(_Dataset):
         "'src/linflow/datasets/bundled.py' (the code that makes it)",
         default="src/linflow/datasets/bundled.py",
     )
-    task: Literal["classification"] = _allowed("'classification' for source digits")
+    task: Literal["classification"] = _allowed("'classification' for source digits", default="classification")
     data: NoData = NoData()
     standardize: bool = True
 
@@ -224,8 +228,14 @@ class FashionMnistSource(_Dataset):
         "'src/linflow/datasets/fashion_mnist.py' (the code that makes it)",
         default="src/linflow/datasets/fashion_mnist.py",
     )
-    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist")
+    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist", default="classification")
     data: FashionMnistData = FashionMnistData()
+    # d2l's batch size, the from-scratch trainer, momentum and a cosine schedule
+    # (params.yaml says why).
+    train: TrainOverrides = TrainOverrides(
+        batch_size=256, impl="scratch", lr=0.1, momentum=0.9, weight_decay=5.0e-4, epochs=30,
+        lr_schedule="cosine",
+    )
 
 
 ColumnList = Annotated[list[str], _allowed("a list of column names")]
@@ -365,12 +375,20 @@ class TrainConfig(_Strict):
     l1: NonNegFloat = 0.0
 
 
+# The defaults of the two tasks are params.yaml's (tests/test_config.py holds them equal).
 class RegressionTrain(TrainConfig):
     loss: Literal["mse", "mae"] = _allowed("one of 'mse', 'mae'", default="mse")
+    lr: PosFloat = 0.2
+    batch_size: BatchSize = "full"
+    epochs: PosInt = 300
 
 
 class ClassificationTrain(TrainConfig):
     loss: Literal["cross_entropy"] = _allowed("'cross_entropy'", default="cross_entropy")
+    lr: PosFloat = 0.3
+    batch_size: BatchSize = 64
+    epochs: PosInt = 200
+    weight_decay: NonNegFloat = 0.001
     # No softmax L1: its reference (LogisticRegression, saga) takes minutes on Fashion-MNIST.
     l1: Annotated[
         float, _allowed("0.0: L1 is for regression (its reference is Lasso)", ge=0, le=0)
@@ -382,8 +400,8 @@ class TrainSection(_Strict):
     # another process holds the second core (docs/benchmarks.md, "Threads").
     threads: PosInt = 1
     device: Literal["cpu", "cuda"] = _allowed("one of 'cpu', 'cuda'", default="cpu")
-    regression: RegressionTrain
-    classification: ClassificationTrain
+    regression: RegressionTrain = RegressionTrain()
+    classification: ClassificationTrain = ClassificationTrain()
 
     def for_task(self, task: str) -> TrainConfig:
         return self.regression if task == "regression" else self.classification
@@ -485,7 +503,7 @@ class Params(_Strict):
         dict[str, DatasetConfig], _allowed("a non-empty mapping of dataset name -> config")
     ]
     split: SplitConfig = SplitConfig()
-    train: TrainSection
+    train: TrainSection = TrainSection()
     reference: ReferenceConfig = ReferenceConfig()
     compare: CompareConfig = CompareConfig()
     verify: VerifySection = VerifySection()
