@@ -125,6 +125,7 @@ serve: setup ## serve models:/linflow-$(DATASET)@champion on http://127.0.0.1:50
 # no runs) unless the address says workflowType=machine_learning, and its experiment
 # list drops that on a click: so one runs-view link per experiment, read from the store.
 ui-links:
+	@$(PY) -c "from linflow.core.tracking import close_dead_runs; close_dead_runs()"
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (Ctrl-C stops it); the training runs of"
 	@$(PY) -c "import sqlite3, sys; \
 	  q = \"select experiment_id, name from experiments where lifecycle_stage = 'active' and name like 'linflow-%' order by name\"; \

@@ -330,3 +330,55 @@ def test_a_folder_that_is_not_private_turns_the_worker_off_saying_so_once(tmp_pa
     ]
     assert (tmp_path / "raw.npz").is_file()  # the stage ran, here
     assert list(folder.iterdir()) == []  # and nothing went into the folder
+
+
+@pytest.mark.parametrize("what", ["sock", "lock"])
+def test_a_folder_blocking_the_socket_path_turns_the_worker_off_saying_so_once(tmp_path, what):
+    """A folder where the worker's socket (or lock) should be: no worker can start there;
+    the stages run here, and the first says so once, with the path and the fix."""
+    folder = tmp_path / "preload"
+    folder.mkdir(mode=0o700)
+    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "XDG_CACHE_HOME"):
+            mp.setenv(k, env[k])
+        sock, lock, log = preload._paths()
+    blocked = Path(sock if what == "sock" else lock)
+    (blocked / "something").mkdir(parents=True)
+    argv = ["prepare", "line", "--out", str(tmp_path / "raw.npz")]
+    code = (
+        "import subprocess, sys\n"
+        f"for _ in range(3): subprocess.run([sys.executable, '-m', 'linflow', *{argv!r}])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    lines = [ln for ln in res.stderr.splitlines() if "warm worker is off" in ln]
+    kind = "socket" if what == "sock" else "lock file"
+    assert lines == [
+        f"linflow: the warm worker is off: {blocked} is a folder where its {kind} should be; "
+        f"every stage pays its imports (~5 s). Remove it (rm -r {blocked}), or set "
+        "LINFLOW_PRELOAD_DIR to a folder of your own."
+    ]
+    assert (tmp_path / "raw.npz").is_file()  # the stages ran, here
+    assert not Path(log).exists()  # no worker was started to fail
+
+
+def test_a_file_where_the_socket_should_be_is_replaced_by_the_worker(tmp_path):
+    folder = tmp_path / "preload"
+    folder.mkdir(mode=0o700)
+    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
+    env["LINFLOW_PRELOAD_IDLE"] = "5"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "LINFLOW_PRELOAD_IDLE"):
+            mp.setenv(k, env[k])
+        sock, _, log = (Path(p) for p in preload._paths())
+    sock.write_text("not a socket")
+    try:
+        start_worker(env, sock, log)
+        assert sock.is_socket()
+    finally:
+        for pid in worker_pids(log):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -190,25 +190,27 @@ def test_signal_leaves_a_killed_run_and_no_weights(
         text=True,
         preexec_fn=_default_sigint,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        runs = _runs(alias)
-        if runs and _client().get_metric_history(runs[0].info.run_id, "train_loss"):
-            break
-        time.sleep(0.5)
-    else:
+    try:  # a failure here must not leave a 100000-epoch training behind
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            runs = _runs(alias)
+            if runs and _client().get_metric_history(runs[0].info.run_id, "train_loss"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("training never started logging")
+        proc.send_signal(sig)
+        if sig == signal.SIGTERM:
+            # More SIGTERMs while it closes its run (the warm worker's stages get one per
+            # exiting worker thread): they must not cut the close short.
+            deadline = time.time() + 30
+            while proc.poll() is None and time.time() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+                time.sleep(0.002)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
         proc.kill()
-        pytest.fail("training never started logging")
-    proc.send_signal(sig)
-    if sig == signal.SIGTERM:
-        # More SIGTERMs while it closes its run (the warm worker's stages get one per
-        # exiting worker thread): they must not cut the close short.
-        deadline = time.time() + 30
-        while proc.poll() is None and time.time() < deadline:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            time.sleep(0.002)
-    _, stderr = proc.communicate(timeout=30)
     assert (
         proc.returncode == code and stderr.strip().splitlines()[-1] == "linflow train: interrupted"
     )

@@ -102,29 +102,107 @@ def test_a_full_disk_under_the_store_is_one_line_with_the_cause(tmp_path, line):
         assert statuses == ["FINISHED"]
 
 
-def test_a_run_whose_process_was_killed_is_reconciled_by_the_next_run(tmp_path, line, base_params):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def _long_training(tmp_path: Path, line: Path, uri: str, base_params: dict):
     p = copy.deepcopy(base_params)
     p["train"]["regression"].update(epochs=10**7, batch_size=1)
     params = tmp_path / "long.yaml"
     params.write_text(yaml.safe_dump(p))
-    victim = _train(line, tmp_path / "a", uri, params)
+    # A terminal's Ctrl-C reaches a process with the default SIGINT handler; a shell
+    # running the tests in the background may have left it ignored.
+    victim = _train(
+        line,
+        tmp_path / "a",
+        uri,
+        params,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     _wait_for_logging(uri, victim.pid)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(30)
+    return victim, params
+
+
+def _validate(tmp_path: Path, params: Path, uri: str) -> subprocess.CompletedProcess:
+    """`linflow validate`: the first stage of any repro after a params change."""
+    out = tmp_path / "validate"
+    return subprocess.run(
+        [*LINFLOW, "--params", str(params), "validate", "--out", str(out / "marker"),
+         "--names", str(out / "names"), "--lock", str(out / "dvc.lock")],
+        env=dict(os.environ, LINFLOW_PRELOAD="0", MLFLOW_TRACKING_URI=uri),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_killed_stages_run_is_closed_by_the_next_command_that_opens_the_store(
+    tmp_path, line, base_params
+):
+    """kill -9 mid-training, then a repro whose train DVC restores from its run cache:
+    no training starts, yet validate (first stage of every repro after a params change)
+    closes the run; so does any other command opening the store (_client reconciles)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    victim, params = _long_training(tmp_path, line, uri, base_params)
+    try:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        victim.kill()
     (run,) = _all_runs(uri)[1]
     assert run.info.status == "RUNNING"  # nothing could close it
     assert run.data.tags["linflow.pid"] == str(victim.pid)
-
-    later = _train(line, tmp_path / "b", uri)
-    _, stderr = later.communicate(timeout=120)
-    assert later.returncode == 0, stderr
-    assert f"of process {victim.pid} was left RUNNING: marked KILLED" in stderr
+    res = _validate(tmp_path, params, uri)
+    assert res.returncode == 0, res.stderr
+    assert f"of process {victim.pid} was left RUNNING: marked KILLED" in res.stderr
     client, runs = _all_runs(uri)
-    status = {r.info.run_id: r.info.status for r in runs}
-    assert status[run.info.run_id] == "KILLED" and sorted(status.values()) == ["FINISHED", "KILLED"]
+    assert [r.info.status for r in runs] == ["KILLED"]
     reason = client.get_run(run.info.run_id).data.tags["linflow.failure"]
     assert reason.startswith(f"process {victim.pid} on ") and "ended without closing" in reason
+    assert not (tmp_path / "a" / "m").exists()
+    # With no dead run, validate does not import mlflow (it stays a sub-second stage).
+    probe = "import sys, linflow.cli as c\ntry:\n    c.main(sys.argv[1:])\nfinally:\n"
+    probe += "    print('mlflow' in sys.modules)"
+    out = tmp_path / "v2"
+    res = subprocess.run(
+        [sys.executable, "-c", probe, "--params", str(params), "validate", "--out",
+         str(out / "m"), "--names", str(out / "n"), "--lock", str(out / "l")],
+        env=dict(os.environ, LINFLOW_PRELOAD="0", MLFLOW_TRACKING_URI=uri),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip().splitlines()[-1] == "False", res
+
+
+def test_ctrl_c_while_another_process_locks_the_store_stops_within_seconds(
+    tmp_path, line, base_params
+):
+    """Another process holds the sqlite store's write lock (a mlflow.db-journal exists)
+    when Ctrl-C comes: MLflow waits up to 20 s per statement, the stage must not. It
+    exits within 10 s saying the run stays RUNNING, and the next command that opens
+    the store (validate here) marks it KILLED."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    victim, params = _long_training(tmp_path, line, uri, base_params)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE experiments SET name = name")  # a real write: the journal
+        assert (tmp_path / "mlflow.db-journal").exists()
+        time.sleep(3)  # the stage's next flush (every 2 s) now waits on the lock
+        t0 = time.monotonic()
+        victim.send_signal(signal.SIGINT)
+        _, stderr = victim.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        victim.kill()
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert victim.returncode == 130 and took < 10, (took, stderr)
+    assert stderr.strip().splitlines()[-1] == "linflow train: interrupted", stderr
+    assert "stays RUNNING until the next linflow command that opens the store" in stderr
+    assert "Traceback" not in stderr
+    (run,) = _all_runs(uri)[1]
+    assert run.info.status == "RUNNING"
+    res = _validate(tmp_path, params, uri)
+    assert res.returncode == 0, res.stderr
+    assert _all_runs(uri)[0].get_run(run.info.run_id).info.status == "KILLED"
     assert not (tmp_path / "a" / "m").exists()
 
 

@@ -11,6 +11,14 @@ run id stored in a DVC output.
 A run ends FINISHED only when its block completed; an exception leaves it
 FAILED with tag ``linflow.failure`` holding the one-line reason;
 KeyboardInterrupt / SIGTERM leave it KILLED.
+
+Every call to the store runs on one thread of its own (``_on_store``) while the
+stage's thread waits for it, interruptibly: a store that another process holds
+locked (MLflow's sqlite store waits up to 20 s per statement) never keeps Ctrl-C
+from stopping a stage. An interrupted run gets ``INTERRUPT_GRACE_S`` to be closed
+KILLED; a store still busy then leaves it RUNNING, and the next linflow command
+that opens the store closes it (``reconcile``, run once per process by
+``_client``; ``close_dead_runs`` for commands that do not otherwise open it).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,6 +61,66 @@ PID_TAG, HOST_TAG = "linflow.pid", "linflow.host"  # the process that owns a RUN
 RUN_KEY_TAG = "linflow.run_key"  # one per create_run call: finds the copies a retry made
 EPOCH_BATCH = 900  # metrics per log_batch call (MLflow accepts at most 1000)
 EPOCH_FLUSH_S = 2.0
+INTERRUPT_GRACE_S = 3.0  # how long an interrupted stage tries to close its run
+
+
+class _StoreThread:
+    """The one thread that talks to the store; callers wait for it interruptibly
+    (a lock acquisition is interrupted by signals on POSIX, a blocked sqlite call is not)."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="linflow-store", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self._calls.get()
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # handed to the caller, raised there
+                box.append((False, exc))
+            done.set()
+
+    def call(self, fn, timeout: float | None = None):
+        """fn() on the store thread; TimeoutError when it has not returned by `timeout`."""
+        if threading.current_thread() is self.thread:
+            return fn()
+        box: list = []
+        done = threading.Event()
+        self._calls.put((fn, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError(f"the MLflow store did not answer within {timeout} s")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+
+_STORE: _StoreThread | None = None
+_STORE_LOCK = threading.Lock()
+
+
+def _on_store(fn, *args, timeout: float | None = None, **kwargs):
+    """fn(*args, **kwargs) on the store thread (started on first use)."""
+    global _STORE
+    with _STORE_LOCK:
+        if _STORE is None:
+            _STORE = _StoreThread()
+    return _STORE.call(lambda: fn(*args, **kwargs), timeout)
+
+
+def _store_call(fn):
+    """Decorator: the function runs on the store thread."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return _on_store(fn, *args, **kwargs)
+
+    return wrapper
 
 
 def repo_root(cwd: Path | None = None) -> Path:
@@ -143,8 +212,59 @@ def _client():
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
-        return _create_sqlite_store(uri, Path(uri[len("sqlite:///") :].split("?", 1)[0]))
-    return MlflowClient(tracking_uri=uri)
+        client = _create_sqlite_store(uri, Path(uri[len("sqlite:///") :].split("?", 1)[0]))
+    else:
+        client = MlflowClient(tracking_uri=uri)
+    if uri not in _RECONCILED:  # any command that opens the store closes dead runs
+        _RECONCILED.add(uri)
+        try:
+            reconcile(client)
+        except Exception as exc:  # the command's own first call says what is wrong
+            log.debug("reconcile: %s", _one_line(exc))
+    return client
+
+
+_RECONCILED: set[str] = set()
+
+
+def _dead_runs_in_sqlite(db: Path) -> int:
+    """How many runs the sqlite store `db` holds RUNNING for processes of this host that
+    are gone: read-only, without importing mlflow (milliseconds)."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    host = socket.gethostname().replace("'", "")
+    query = (
+        "select p.value from runs r join tags p on p.run_uuid = r.run_uuid and p.key = ? "
+        "join tags h on h.run_uuid = r.run_uuid and h.key = ? "
+        "where r.status = 'RUNNING' and h.value = ?"
+    )
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            pids = [row[0] for row in con.execute(query, (PID_TAG, HOST_TAG, host))]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0  # no store yet, another schema, locked: nothing to do cheaply
+    return sum(1 for pid in pids if pid.isdigit() and not _alive(int(pid)))
+
+
+def close_dead_runs() -> list[str]:
+    """Mark KILLED the runs left RUNNING by processes of this host that are gone, for a
+    command that does not otherwise open the store (``linflow validate``, ``make ui``).
+    Against the local sqlite store it imports mlflow only when there is such a run; a
+    server is asked. Returns the run ids it ended; a store it cannot reach is no error."""
+    uri = tracking_uri()
+    sqlite = uri.startswith("sqlite:///")
+    if sqlite and not _dead_runs_in_sqlite(Path(uri[len("sqlite:///") :].split("?", 1)[0])):
+        return []
+    try:
+        return _on_store(lambda: reconcile(_client()), timeout=30)
+    except Exception as exc:
+        log.debug("close_dead_runs: %s", _one_line(exc))
+        return []
 
 
 def _create_sqlite_store(uri: str, db: Path):
@@ -218,7 +338,7 @@ def reconcile(client) -> list[str]:
             run.info.run_id,
             FAILURE_TAG,
             f"process {pid} on {host} ended without closing this run (killed?); "
-            "reconciled when a later run started",
+            "reconciled when a later linflow command opened the store",
         )
         client.set_terminated(run.info.run_id, status="KILLED")
         ended.append(run.info.run_id)
@@ -398,13 +518,13 @@ class TrainingRun:
         self._pending: list = []
         self._last_flush = time.monotonic()
 
+    @_store_call
     def __enter__(self) -> TrainingRun:
         from mlflow.entities import Param
 
         try:
             self.client = _client()
             exp_id = self.experiment_id = _experiment_id(self.client, self.dataset)
-            reconcile(self.client)
             tags = {**git_tags(repo_root()), **self.tags}
             if os.environ.get("DVC_EXP_NAME"):
                 tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -436,6 +556,7 @@ class TrainingRun:
         ):
             self.flush()
 
+    @_store_call
     def flush(self) -> None:
         """Send the buffered per-epoch metrics."""
         pending, self._pending = self._pending, []
@@ -446,6 +567,7 @@ class TrainingRun:
         except Exception as exc:
             raise _wrap(exc) from None
 
+    @_store_call
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
@@ -456,6 +578,7 @@ class TrainingRun:
         except Exception as exc:
             raise _wrap(exc) from None
 
+    @_store_call
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -464,6 +587,7 @@ class TrainingRun:
         except Exception as exc:
             raise _wrap(exc) from None
 
+    @_store_call
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         try:
             for p in paths:
@@ -471,6 +595,7 @@ class TrainingRun:
         except Exception as exc:
             raise _wrap(exc) from None
 
+    @_store_call
     def log_model(
         self, model_dir: Path, task: str, example: Mapping | None, tags: Mapping[str, str]
     ) -> tuple[str, bool]:
@@ -501,6 +626,7 @@ class TrainingRun:
             raise _wrap(exc) from None
         return version.version, added
 
+    @_store_call
     def adopt_results(self, weights_md5: str) -> str | None:
         """Copy evaluate's and compare's results from an earlier run with these weights.
 
@@ -555,6 +681,7 @@ class TrainingRun:
         self.set_tags(tags)
         self.log_artifacts(artifacts)
 
+    @_store_call
     def _end(self, status: str, reason: str | None = None) -> None:
         """Close the run; a busy (locked) database gets a few tries over ~3 s, and a run
         still left RUNNING is ended by the next run's reconcile()."""
@@ -576,8 +703,29 @@ class TrainingRun:
                 )
                 return
 
+    def _close_interrupted(self) -> None:
+        try:
+            self.flush()
+        except Exception as flush_exc:
+            log.warning("could not log the last epochs to MLflow: %s", _one_line(flush_exc))
+        self._end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:
+            return False
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            # Stop within seconds whatever the store is doing (another process may
+            # hold it locked): the run is closed now, or by the next command.
+            try:
+                _on_store(self._close_interrupted, timeout=INTERRUPT_GRACE_S)
+            except TimeoutError:
+                log.warning(
+                    "the MLflow store did not answer within %.0f s (locked by another "
+                    "process?): run %s stays RUNNING until the next linflow command that "
+                    "opens the store marks it KILLED",
+                    INTERRUPT_GRACE_S,
+                    self.run_id,
+                )
             return False
         try:
             self.flush()  # the curves up to a failure are worth keeping too
@@ -590,8 +738,6 @@ class TrainingRun:
             log.warning("could not log the last epochs to MLflow: %s", _one_line(flush_exc))
         if exc is None:
             self._end("FINISHED")
-        elif isinstance(exc, (KeyboardInterrupt, Interrupted)):
-            self._end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
         else:
             self._end("FAILED", _one_line(exc))
         return False
@@ -642,6 +788,7 @@ def _runs_of_weights(client, dataset: str, weights_md5: str) -> list:
     )
 
 
+@_store_call
 def log_to_training_run(
     dataset: str,
     weights_md5: str,
@@ -681,6 +828,7 @@ def log_to_training_run(
         raise _wrap(exc) from None
 
 
+@_store_call
 def download_model(uri: str, dest: Path) -> Path:
     """The artifacts of an MLflow model (models:/..., runs:/...) in a local folder."""
     import mlflow
@@ -695,6 +843,7 @@ def download_model(uri: str, dest: Path) -> Path:
         raise TrackingError(f"{uri}: cannot fetch the model ({_one_line(exc)})") from None
 
 
+@_store_call
 def publish_model(
     dataset: str, run_id: str, model_dir: Path, task: str, example, tags: Mapping[str, str]
 ) -> tuple[str | None, bool]:
@@ -718,6 +867,7 @@ def publish_model(
     return f"model logged, {name} version {version.version} registered", True
 
 
+@_store_call
 def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str | None:
     """compare's verdict on the registered version with these weights: its model card,
     its gate tag and its alias -- ``champion`` when it passed on the committed pipeline
@@ -747,6 +897,7 @@ def record_gate(dataset: str, weights_md5: str, passed: bool, card: str) -> str 
     )
 
 
+@_store_call
 def publish_run(
     dataset: str,
     kind: str,

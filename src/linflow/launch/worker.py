@@ -176,6 +176,16 @@ def run(argv: list[str]) -> int | None:
         sock.connect(sock_path)
     except OSError:
         sock.close()
+        blocked = _blocked(sock_path, lock_path)
+        if blocked:
+            _warn_once(
+                blocked,
+                f"linflow: the warm worker is off: {blocked} is a folder where its "
+                f"{'socket' if blocked == sock_path else 'lock file'} should be; every stage "
+                f"pays its imports (~5 s). Remove it (rm -r {blocked}), or set "
+                "LINFLOW_PRELOAD_DIR to a folder of your own.",
+            )
+            return None
         if _second_stage(sock_path):
             _start_worker(lock_path, log_path)
         return None
@@ -213,6 +223,18 @@ def run(argv: list[str]) -> int | None:
         os.kill(os.getpid(), -code)
         return 128 - code
     return code
+
+
+def _blocked(*paths: str) -> str | None:
+    """The first of the worker's paths that a folder occupies (the worker could neither
+    bind its socket there nor open its lock; a file there it replaces), or None."""
+    import stat
+
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                return path
+    return None
 
 
 def _second_stage(sock_path: str) -> bool:

@@ -89,3 +89,11 @@ def run(args, params) -> None:
                 "are left on disk: git rm -r reports/<dataset> to drop them",
                 len(removed), ", ".join(gone), args.params,
             )  # fmt: skip
+    # The first stage of a repro after any params change: the runs a killed stage
+    # (kill -9) left RUNNING are closed here, even when DVC restores that stage from
+    # its run cache and runs no linflow command that would open the store.
+    from linflow.core import tracking
+
+    ended = tracking.close_dead_runs()
+    if ended:
+        log.info("validate: %d MLflow run(s) of killed processes marked KILLED", len(ended))
