@@ -72,8 +72,8 @@ test-ci: setup fashion-data ## what CI adds: real mlflow servers, every command 
 verify: setup fashion-data ## re-run the whole pipeline; fail unless it reproduces the committed dvc.lock and metrics
 	linflow verify
 
-portability: setup fashion-data ## re-run verify as other CPUs would (emulated kernel variants); print the spreads
-	linflow portability
+portability: setup fashion-data ## re-run verify as other CPUs would (emulated kernel variants; VARIANTS=all for one); print the spreads
+	linflow portability $(VARIANTS)
 
 lint: setup ## ruff format --check + ruff check
 	$(VENV)/bin/ruff format --check src tests benchmarks
