@@ -128,9 +128,10 @@ class SyntheticData(_Strict):
     """d2l's synthetic_data: X ~ N(0, 1), y = X w + b + N(0, noise^2)."""
 
     n: Annotated[int, _allowed("an integer >= 10", ge=10)] = 1000
-    w: Annotated[
-        list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)
-    ] = [2.0, -3.4]
+    w: Annotated[list[FiniteFloat], _allowed("a non-empty list of finite floats", min_length=1)] = [
+        2.0,
+        -3.4,
+    ]
     b: FiniteFloat = 4.2
     noise: NonNegFloat = 0.01
 
@@ -188,7 +189,9 @@ class SyntheticSource(_Dataset):
         "'src/linflow/datasets/synthetic.py' (the code that makes it)",
         default="src/linflow/datasets/synthetic.py",
     )
-    task: Literal["regression"] = _allowed("'regression' for source synthetic", default="regression")
+    task: Literal["regression"] = _allowed(
+        "'regression' for source synthetic", default="regression"
+    )
     data: SyntheticData = SyntheticData()
 
 
@@ -215,7 +218,9 @@ class DigitsSource(_Dataset):
         "'src/linflow/datasets/bundled.py' (the code that makes it)",
         default="src/linflow/datasets/bundled.py",
     )
-    task: Literal["classification"] = _allowed("'classification' for source digits", default="classification")
+    task: Literal["classification"] = _allowed(
+        "'classification' for source digits", default="classification"
+    )
     data: NoData = NoData()
     standardize: bool = True
 
@@ -228,12 +233,19 @@ class FashionMnistSource(_Dataset):
         "'src/linflow/datasets/fashion_mnist.py' (the code that makes it)",
         default="src/linflow/datasets/fashion_mnist.py",
     )
-    task: Literal["classification"] = _allowed("'classification' for source fashion_mnist", default="classification")
+    task: Literal["classification"] = _allowed(
+        "'classification' for source fashion_mnist", default="classification"
+    )
     data: FashionMnistData = FashionMnistData()
     # d2l's batch size, the from-scratch trainer, momentum and a cosine schedule
     # (params.yaml says why).
     train: TrainOverrides = TrainOverrides(
-        batch_size=256, impl="scratch", lr=0.1, momentum=0.9, weight_decay=5.0e-4, epochs=30,
+        batch_size=256,
+        impl="scratch",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5.0e-4,
+        epochs=30,
         lr_schedule="cosine",
     )
 
