@@ -38,6 +38,38 @@ def test_line_degree_adds_the_powers_of_x_and_degree_1_is_x_itself(base_params):
             parse_params(raw_params)
 
 
+@pytest.mark.parametrize(
+    ("truth", "g"),
+    [
+        ("quadratic", lambda x: x**2),
+        ("cubic", lambda x: x**3),
+        ("sine", lambda x: np.sin(np.pi * x)),
+    ],
+)
+def test_line_truth_bends_y_and_keeps_x_and_the_noise(base_params, truth, g):
+    """y = slope g(x) + intercept + noise: the same x and noise draws as the linear line,
+    and a straight line explains clearly less of it than the true curve does."""
+    raw_params = {**base_params, "datasets": {"line": dict(base_params["datasets"]["line"])}}
+    line = raw_params["datasets"]["line"]
+    plain = load_source("line", parse_params(raw_params).datasets["line"], seed=0)
+    line["data"] = {**line["data"], "truth": truth}
+    bent = load_source("line", parse_params(raw_params).datasets["line"], seed=0)
+    np.testing.assert_array_equal(bent.X, plain.X)
+    x = plain.X[:, 0].astype(np.float64)
+    noise = plain.y - (3.0 * x + 1.0)  # the linear line's noise draws
+    np.testing.assert_allclose(bent.y, 3.0 * g(x) + 1.0 + noise, atol=1e-5)
+
+    def r2(features):
+        A = np.column_stack([*features, np.ones_like(x)])
+        res = bent.y - A @ np.linalg.lstsq(A, bent.y, rcond=None)[0]
+        return 1 - res.var() / bent.y.var()
+
+    assert r2([x]) < 0.9 < 0.98 < r2([g(x)])
+    line["data"]["truth"] = "exp"
+    with pytest.raises(ConfigError, match=r"datasets.line.data.truth must be one of 'linear'"):
+        parse_params(raw_params)
+
+
 def test_synthetic_matches_d2l(cfgs):
     raw = load_source("synthetic", cfgs["synthetic"], seed=0)
     assert raw.X.shape == (1000, 2)

@@ -313,3 +313,25 @@ def test_trajectory_distance_is_relative_and_centred():
     np.testing.assert_allclose(dist, [1.0, 0.0, 0.1], atol=1e-12)
     dist_reg = R.trajectory_distance("regression", traj[:, :1], ref[:1])
     assert dist_reg[1] > 1  # no centring for regression
+
+
+def test_capacity_curve_is_the_least_squares_polynomial_of_each_degree():
+    from linflow.reference import capacity_curve
+
+    rng = np.random.default_rng(0)
+    x, xt = rng.uniform(-1, 1, 70), rng.uniform(-1, 1, 30)
+    f = lambda v: 1 + 3 * v**2  # noqa: E731
+    y, yt = f(x) + 0.1 * rng.standard_normal(70), f(xt) + 0.1 * rng.standard_normal(30)
+    degrees, train, test = capacity_curve(x, y, xt, yt, max_degree=6)
+    assert degrees.tolist() == [1, 2, 3, 4, 5, 6]
+    for k in (1, 3):  # the same numbers as np.polyfit in the plain powers
+        coef = np.polyfit(x, y, k)
+        assert train[k - 1] == pytest.approx(np.mean((np.polyval(coef, x) - y) ** 2), rel=1e-9)
+        assert test[k - 1] == pytest.approx(np.mean((np.polyval(coef, xt) - yt) ** 2), rel=1e-9)
+    assert train[0] > 0.5 and test[0] > 0.5  # degree 1 underfits the parabola ...
+    assert train[1] < 0.012 and test[1] < 0.02  # ... degree 2 is at the noise (0.01)
+    assert all(np.diff(train) <= 1e-12)  # more capacity never fits the train rows worse
+    # The span of a polynomial ignores where x is centred and how it is scaled.
+    again = capacity_curve((x - 0.3) / 0.57, y, (xt - 0.3) / 0.57, yt, max_degree=6)
+    np.testing.assert_allclose(again[1], train, rtol=1e-9)
+    np.testing.assert_allclose(again[2], test, rtol=1e-9)

@@ -36,6 +36,7 @@ from linflow.core.errors import ToleranceError
 from linflow.metrics import log_softmax, predict_linear, regression_metrics
 
 __all__ = [
+    "capacity_curve",
     "ToleranceError",
     "ReferenceFit",
     "ridge_alpha",
@@ -505,6 +506,34 @@ def why_a_gap(train_cfg) -> str:
             "expected; full batch, a smaller lr or lr_schedule cosine get closer"
         )
     return "not at the optimum yet: try more epochs, a smaller lr or full batch"
+
+
+def capacity_curve(
+    x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, max_degree: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(degrees, train MSE, test MSE) of the least-squares polynomial in one feature,
+    degree 1..max_degree: d2l 4.4's training and test error against model capacity.
+
+    A polynomial's span does not depend on where x is centred or how it is scaled, so
+    the feature may be x or the standardised x. Fitted in the Legendre basis over the
+    train range (the plain powers are nearly collinear: lambda_min/lambda_max ~ 6e-7
+    at degree 8), in float64.
+    """
+    x, x_test = np.asarray(x, np.float64).ravel(), np.asarray(x_test, np.float64).ravel()
+    y, y_test = np.asarray(y, np.float64).ravel(), np.asarray(y_test, np.float64).ravel()
+    lo, hi = float(x.min()), float(x.max())
+    half = (hi - lo) / 2 or 1.0
+    u, u_test = (x - lo) / half - 1, (x_test - lo) / half - 1  # train range -> [-1, 1]
+    degrees = np.arange(1, max_degree + 1)
+    train_mse, test_mse = np.empty(max_degree), np.empty(max_degree)
+    for i, k in enumerate(degrees):
+        A = np.polynomial.legendre.legvander(u, int(k))  # (n, k + 1): the bias is P_0
+        coef = np.linalg.lstsq(A, y, rcond=None)[0]
+        train_mse[i] = np.mean((A @ coef - y) ** 2)
+        test_mse[i] = np.mean(
+            (np.polynomial.legendre.legvander(u_test, int(k)) @ coef - y_test) ** 2
+        )
+    return degrees, train_mse, test_mse
 
 
 def trajectory_distance(task: str, weights: np.ndarray, ref_weight: np.ndarray) -> np.ndarray:

@@ -116,6 +116,11 @@ class LineData(_Strict):
     # Features x, x^2, ..., x^degree: still a linear model in its parameters (the
     # closed form applies), with capacity to under- or overfit (d2l 4.4).
     degree: Annotated[int, _allowed("an integer in [1, 30]", ge=1, le=30)] = 1
+    # The ground truth: y = slope * g(x) + intercept + noise, g(x) = x, x^2, x^3 or
+    # sin(pi x). Not linear in x: degree 1 underfits, train and test alike (lessons).
+    truth: Literal["linear", "quadratic", "cubic", "sine"] = _allowed(
+        "one of 'linear', 'quadratic', 'cubic', 'sine'", default="linear"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> LineData:

@@ -132,16 +132,42 @@ def reference_fit(
     x: np.ndarray | None = None,
     y: np.ndarray | None = None,
     lines: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    curves: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    capacity: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None,
 ) -> None:
     """Our model against the reference.
 
     With one feature (`x`, `y`, `lines` = ((w, b) ours, (w, b) reference)): the data
-    with both fitted lines. Otherwise: the reference's outputs against ours on the
-    test split (`ref`, `ours` of equal shape) with the identity line.
+    with both fitted lines. With the line's polynomial features (`x`, `y`, `curves` =
+    (sorted x, ours, reference at those x)): the data with both fitted curves.
+    Otherwise: the reference's outputs against ours on the test split (`ref`, `ours`
+    of equal shape) with the identity line. `capacity` = (degrees, train MSE, test
+    MSE, this model's degree) adds a panel: the error by degree, on a log scale.
     """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if lines is not None:
+    if capacity is None:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+    else:
+        fig, (ax, cap) = plt.subplots(1, 2, figsize=(11, 4.5))
+        degrees, train_mse, test_mse, degree = capacity
+        cap.semilogy(degrees, train_mse, "o-", label="train MSE")
+        cap.semilogy(degrees, test_mse, "s-", label="test MSE")
+        cap.axvline(degree, color="black", lw=1, ls=":", label=f"this model: degree {degree}")
+        cap.set_xticks(degrees)
+        cap.set_xlabel("polynomial degree (closed form on this split)")
+        cap.set_ylabel("mean squared error")
+        cap.set_title("error by model capacity")
+        cap.legend()
+        cap.grid(alpha=0.3, which="both")
+    if curves is not None:
+        grid, mine, theirs = curves
+        degree = capacity[3] if capacity else "d"
+        ax.scatter(x, y, s=10, alpha=0.5, color="tab:gray", label="train data")
+        ax.plot(grid, mine, lw=3, alpha=0.6, label=f"ours: polynomial of degree {degree}")
+        ax.plot(grid, theirs, "k--", lw=1, label="closed form (same features)")
+        ax.set_xlabel("x (first feature)")
+        ax.set_ylabel("y")
+    elif lines is not None:
         ax.scatter(x, y, s=10, alpha=0.5, color="tab:gray", label="train data")
         grid = np.linspace(float(x.min()), float(x.max()), 2)
         (w, b), (wr, br) = lines

@@ -6,16 +6,26 @@ import numpy as np
 
 from linflow.datasets import RawData
 
+# The line's ground truth g: y = slope * g(x) + intercept + noise. Only 'linear' is
+# linear in x; the others make degree 1 too simple a model (the underfitting lesson).
+TRUTHS = {
+    "linear": lambda x: x,
+    "quadratic": lambda x: x**2,
+    "cubic": lambda x: x**3,
+    "sine": lambda x: np.sin(np.pi * x),
+}
+
 
 def make_line(cfg, rng: np.random.Generator) -> RawData:
-    """y = slope * x + intercept + N(0, noise^2), x ~ U(x_min, x_max), n points.
+    """y = slope * g(x) + intercept + N(0, noise^2), x ~ U(x_min, x_max), n points,
+    g(x) = x unless ``truth`` says otherwise (TRUTHS).
 
     Features x, x^2, ..., x^degree (degree 1: x alone): a polynomial model that is
     still linear in its weights, for the capacity lesson. The powers are taken in
     float64 before the cast, so degree 1 is the same bytes as plain x.
     """
     x = rng.uniform(cfg.x_min, cfg.x_max, size=cfg.n)  # (n,)
-    y = cfg.slope * x + cfg.intercept + cfg.noise * rng.standard_normal(cfg.n)  # (n,)
+    y = cfg.slope * TRUTHS[cfg.truth](x) + cfg.intercept + cfg.noise * rng.standard_normal(cfg.n)
     powers = np.arange(1, cfg.degree + 1)  # (degree,)
     return RawData(
         task="regression",

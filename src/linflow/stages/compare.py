@@ -61,8 +61,10 @@ def _inputs(args, task: str):
     return card, ref, model_dir, (W, b), (Wr, br), (X, y), (X_test, y_test)
 
 
-def _figures(dataset, task, card, ref, model_dir, reports, ours, theirs, train, test, tol):
+def _figures(dataset, task, card, ref, model_dir, reports, ours, theirs, train, test, tol, poly):
     """distance.csv and the two figures: how SGD approached the reference, and the fits."""
+    import numpy as np
+
     from linflow import reference
     from linflow.core import plots
     from linflow.core.storage import load_npz, write_csv
@@ -85,9 +87,27 @@ def _figures(dataset, task, card, ref, model_dir, reports, ours, theirs, train, 
     )
     fit_png = reports / "reference_fit.png"
     title = f"{dataset}: ours vs {ref.title}"
+    # The line: next to the fit, train and test error of every degree (the closed form
+    # on this split), this model's degree marked: where it under- or overfits.
+    capacity = None
+    if poly:
+        curve = reference.capacity_curve(train[0][:, 0], train[1], test[0][:, 0], test[1])
+        capacity = (*curve, W.shape[1])
     if task == "regression" and W.shape[1] == 1:
         line = (float(W[0, 0]), float(b[0])), (float(Wr[0, 0]), float(br[0]))
-        plots.reference_fit(None, None, fit_png, title, x=train[0][:, 0], y=train[1], lines=line)
+        plots.reference_fit(
+            None, None, fit_png, title, x=train[0][:, 0], y=train[1], lines=line,
+            capacity=capacity,
+        )  # fmt: skip
+        return fit_png
+    if poly:  # the line's features x, x^2, ...: both fitted curves over the data
+        x = train[0][:, 0]
+        order = np.argsort(x, kind="stable")
+        curves = tuple(np.ravel(predict_linear(train[0][order], *p)) for p in (ours, theirs))
+        plots.reference_fit(
+            None, None, fit_png, title, x=x, y=train[1], curves=(x[order], *curves),
+            capacity=capacity,
+        )  # fmt: skip
         return fit_png
     if task == "classification":  # logits compare only after centring (softmax ignores shifts)
         (W, b), (Wr, br) = reference.centre_softmax(W, b), reference.centre_softmax(Wr, br)
@@ -146,6 +166,14 @@ def run(args, params) -> None:
         for n, c in checks.items()
     )
     log.info("compare %s vs %s: %s", args.dataset, ref.primary, summary)
+    if ds.task == "regression":  # how well the model class fits: under- vs overfitting
+        from linflow.metrics import predict_linear, regression_metrics
+
+        r2 = [
+            regression_metrics(split[1], predict_linear(split[0], *ours)[:, 0])["r2"]
+            for split in (train, test)
+        ]
+        log.info("compare %s: R2 train %.2f, test %.2f (ours)", args.dataset, *r2)
 
     weights_md5 = file_md5(model_dir / card.weights["file"])
     if failure:
@@ -153,7 +181,7 @@ def run(args, params) -> None:
 
     fit_png = _figures(
         args.dataset, ds.task, card, ref, model_dir, reports, ours, theirs, train, test,
-        tolerances.get("weight_rel_l2"),
+        tolerances.get("weight_rel_l2"), ds.source == "line",
     )  # fmt: skip
     doc = CompareDoc(
         dataset=args.dataset,
