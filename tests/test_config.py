@@ -46,6 +46,15 @@ BAD = [
     ("seed", 2**32, r"seed must be an integer in \[0, 2\*\*32\), got 4294967296$"),
     ("train.device", "tpu", r"train\.device must be one of 'cpu', 'cuda', got 'tpu'$"),
     ("datasets.line.task", "classification", r"datasets\.line\.task must be 'regression'"),
+    (
+        "datasets.line.train.flip",
+        True,
+        r"datasets\.line\.train\.flip is for images \(sources fashion_mnist, digits\), not "
+        r"source 'line': use noise, or switch it off; got True$",
+    ),
+    ("train.regression.shift", 2, r"train\.regression\.shift \(dataset line\) is for images"),
+    ("datasets.digits.train.shift", 5, r"shift must be less than or equal to 4, got 5$"),
+    ("train.regression.noise", -0.1, r"noise must be a finite float >= 0, got -0\.1$"),
 ]
 
 

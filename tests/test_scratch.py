@@ -190,3 +190,76 @@ def test_input_dropout_masks_training_identically_for_both_engines(task, loss, b
     from linflow.training.loop import _val_scores
 
     assert _val_scores(engine, Xv, yv, loss)[0] == pytest.approx(b.history[-1]["val_loss"])
+
+
+def test_augment_flips_half_the_batch_and_shifts_it_with_zero_fill():
+    from linflow.training.loop import _Augment
+
+    cfg = make_cfg("classification", "cross_entropy", flip=True, shift=2)
+    aug = _Augment(cfg, 16, torch.device("cpu"))  # 4x4 images
+    X = torch.arange(4 * 16, dtype=torch.float64).reshape(4, 16) + 1  # no zero pixel
+    out = aug(X).view(4, 4, 4)
+    # Undo the flip of the first half; then every row is the same shift of its image.
+    out[:2] = out[:2].flip(2)
+    src = X.view(4, 4, 4)
+    shifts = [
+        (dy, dx)
+        for dy in range(-2, 3)
+        for dx in range(-2, 3)
+        if torch.equal(out, _shifted(src, dy, dx))
+    ]
+    assert len(shifts) == 1  # one (dy, dx) for the whole batch, in [-2, 2]
+    # Seeded: the same config draws the same shifts; off, it is the identity.
+    a, b = _Augment(cfg, 16, torch.device("cpu")), _Augment(cfg, 16, torch.device("cpu"))
+    assert all(torch.equal(a(X), b(X)) for _ in range(5))
+    off = _Augment(make_cfg("classification", "cross_entropy"), 16, torch.device("cpu"))
+    assert off(X) is X and not off.active
+    with pytest.raises(ValueError, match="square images: 15 features"):
+        _Augment(cfg, 15, torch.device("cpu"))
+
+
+def _shifted(src, dy, dx):
+    s = src.shape[1]
+    out = torch.zeros_like(src)
+    for i in range(s):
+        for j in range(s):
+            if 0 <= i - dy < s and 0 <= j - dx < s:
+                out[:, i, j] = src[:, i - dy, j - dx]
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [8, "full"])
+@pytest.mark.parametrize(
+    ("task", "loss", "augment"),
+    [
+        ("regression", "mse", {"noise": 0.3}),
+        ("classification", "cross_entropy", {"flip": True, "shift": 1, "noise": 0.1}),
+    ],
+    ids=["noise", "images"],
+)
+def test_augmentation_reaches_both_engines_alike_and_only_the_train_rows(
+    task, loss, augment, batch_size
+):
+    X, y = make_data(task, d=16)
+    Xv, yv = make_data(task, seed=1, d=16)
+    cfg = make_cfg(task, loss, batch_size=batch_size, **augment)
+
+    def pair(c):
+        n_classes = K if task == "classification" else 0
+        return [
+            make_engine(i, task, 16, n_classes, c, dtype=torch.float64)
+            for i in ("torch", "scratch")
+        ]
+
+    a, b = (fit(e, X, y, Xv, yv, cfg) for e in pair(cfg))
+    np.testing.assert_allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
+    again = fit(pair(cfg)[1], X, y, Xv, yv, cfg)
+    np.testing.assert_array_equal(again.weight, b.weight)  # seeded
+    off = cfg.model_copy(update=dict.fromkeys(augment, 0))
+    plain = fit(pair(off)[1], X, y, Xv, yv, off)
+    assert np.abs(plain.weight - b.weight).max() > 1e-3  # it did something
+    from linflow.training.loop import _val_scores
+
+    engine = pair(cfg)[1]
+    engine.set_params(torch.from_numpy(b.weight), torch.from_numpy(b.bias))
+    assert _val_scores(engine, Xv, yv, loss)[0] == pytest.approx(b.history[-1]["val_loss"])

@@ -182,3 +182,25 @@ def test_an_mae_model_reports_the_least_squares_gaps_without_checking_them(
         "loss mae: the least-squares reference is not its optimum" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_an_augmented_model_is_labelled_not_comparable_and_nothing_is_checked(
+    line_run, tmp_path, caplog, make_params, run_stage
+):
+    caplog.set_level(logging.WARNING, logger="linflow")
+    params = make_params({"train.regression.noise": 0.2})
+    model = tmp_path / "model"
+    run_stage("train", params, "line", "--data", line_run.data, "--model", model,
+              "--reports", tmp_path / "train")  # fmt: skip
+    reports = tmp_path / "reports"
+    compare(run_stage, line_run, reports, params=params, model=model)
+    doc = read_json(reports / "compare.json")
+    assert doc["not_comparable"] == (
+        "trained with data augmentation (noise 0.2): the reference fits the rows as they "
+        "are, so every gap is reported, none checked"
+    )
+    assert all(c["passed"] is None and c["tolerance"] is None for c in doc["checks"].values())
+    assert doc["passed"] is True and read_json(reports / "gaps.json") == {"line": {}}
+    assert any("trained with data augmentation" in r.getMessage() for r in caplog.records)
+    # Without augmentation the key is absent (the committed compare.json files).
+    assert "not_comparable" not in read_json(line_run.reports / "compare.json")

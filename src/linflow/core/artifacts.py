@@ -238,9 +238,14 @@ class CompareDoc:
     result: dict  # reference.compare_to_reference: test ours/reference/delta, train gaps, ...
     checks: dict  # gap -> value, tolerance, bound, passed (None: reported only)
     passed: bool = True
+    # Why no gap is checked: the model trained another objective (augmentation), so
+    # the reference is not its optimum. Absent from the file when every gap could be.
+    not_comparable: str | None = None
 
     def to_json(self) -> dict:
         doc = asdict(self)
+        if doc["not_comparable"] is None:
+            del doc["not_comparable"]
         doc.update(doc.pop("result"))  # the result's keys at the top, as users read them
         return doc
 
@@ -249,7 +254,7 @@ class CompareDoc:
         if not isinstance(doc, Mapping):
             raise DataError(f"{where}: expected a JSON object, got {type(doc).__name__}")
         own = {f.name for f in fields(cls)} - {"result"}
-        base = _require(cls, {**doc, "result": None}, where)
+        base = _require(cls, {"not_comparable": None, **doc, "result": None}, where)
         base["result"] = {k: v for k, v in doc.items() if k not in own}
         return cls(**base)
 

@@ -47,6 +47,7 @@ DropRate = Annotated[float, _allowed("a float in [0, 1)", ge=0, lt=1, allow_inf_
 PosInt = Annotated[int, _allowed("an integer >= 1", ge=1)]
 NonNegInt = Annotated[int, _allowed("an integer >= 0", ge=0)]
 Seed = Annotated[int, _allowed("an integer in [0, 2**32)", ge=0, lt=2**32)]
+ShiftPixels = Annotated[int, _allowed("an integer in [0, 4] (pixels)", ge=0, le=4)]
 # A tolerance may be null: the gap is still computed and reported, but not checked.
 Tolerance = Annotated[
     Annotated[float, Field(ge=0, allow_inf_nan=False)] | None,
@@ -99,6 +100,9 @@ class TrainOverrides(_Strict):
         "one of 'constant', 'cosine'", default=None
     )
     seed: Seed | None = None
+    noise: NonNegFloat | None = None
+    flip: bool | None = None  # image datasets only (checked in Params)
+    shift: ShiftPixels | None = None  # image datasets only (checked in Params)
 
 
 # --- datasets -----------------------------------------------------------------
@@ -337,6 +341,7 @@ DatasetConfig = Annotated[
 ]
 TASKS = ("regression", "classification")
 _TASK_LOSSES = {"regression": ("mse", "mae"), "classification": ("cross_entropy",)}
+IMAGE_SOURCES = ("fashion_mnist", "digits")  # rows are square images: flip and shift apply
 
 
 # --- split --------------------------------------------------------------------
@@ -390,6 +395,18 @@ class TrainConfig(_Strict):
     # a proximal (soft-threshold) step after each SGD step; the reference is then
     # scikit-learn's Lasso / ElasticNet. Regression only.
     l1: NonNegFloat = 0.0
+    # Data augmentation of the train split only, fresh every batch (seeded, drawn on
+    # the CPU like the shuffle): `noise` adds N(0, noise^2) to every input feature;
+    # for images (fashion_mnist, digits) `flip` mirrors half of each batch's rows
+    # left-right and `shift` moves the batch by up to that many pixels (zero fill).
+    # It changes the objective: compare then reports the gaps without checking them.
+    noise: NonNegFloat = 0.0
+    flip: bool = False
+    shift: ShiftPixels = 0
+
+    @property
+    def augmented(self) -> bool:
+        return bool(self.noise or self.flip or self.shift)
 
 
 # The defaults of the two tasks are params.yaml's (tests/test_config.py holds them equal).
@@ -543,6 +560,18 @@ class Params(_Strict):
                 raise ValueError(
                     f"datasets.{name}.train.l1 must be null or 0.0 for a classification "
                     f"dataset (L1 is for regression: its reference is Lasso), got {ds.train.l1}"
+                )
+            cfg = self.train_config(name)
+            if ds.source not in IMAGE_SOURCES and (cfg.flip or cfg.shift):
+                key = "flip" if cfg.flip else "shift"
+                where = (
+                    f"datasets.{name}.train.{key}"
+                    if getattr(ds.train, key) is not None
+                    else f"train.{ds.task}.{key} (dataset {name})"
+                )
+                raise ValueError(
+                    f"{where} is for images (sources {', '.join(IMAGE_SOURCES)}), not source "
+                    f"{ds.source!r}: use noise, or switch it off; got {getattr(cfg, key)!r}"
                 )
             if ds.split.model_dump(exclude_none=True):
                 try:

@@ -235,6 +235,65 @@ class _InputDropout:
         return X * (keep.to(self.device, X.dtype) / (1.0 - self.p))
 
 
+class _Augment:
+    """Data augmentation of a training batch (never of validation rows), fresh per call.
+
+    - noise: X + N(0, noise^2) per entry;
+    - flip: the first half of the batch mirrored left-right (rows of square images,
+      side = sqrt(d)); the batch is a random draw of the shuffled split, so each
+      image is flipped in about half of the epochs;
+    - shift: the whole batch moved by (dy, dx), each uniform in [-shift, shift]
+      pixels, zero fill (one shift per batch: a per-row shift would gather every
+      pixel and cost more than the step; measured in docs/benchmarks.md).
+
+    Draws come from a generator of their own (cfg.seed, apart from the shuffle's and
+    dropout's), on the CPU: both engines and every device see the same batches. Off
+    (all zero) it is the identity, with no draw and no copy.
+    """
+
+    def __init__(self, cfg, n_features: int, device: torch.device) -> None:
+        self.noise = float(getattr(cfg, "noise", 0.0))
+        self.flip = bool(getattr(cfg, "flip", False))
+        self.shift = int(getattr(cfg, "shift", 0))
+        self.active = bool(self.noise or self.flip or self.shift)
+        self.device = device
+        self.gen = torch.Generator().manual_seed(cfg.seed + 0xA06) if self.active else None
+        self.side = math.isqrt(n_features)
+        if (self.flip or self.shift) and self.side * self.side != n_features:
+            raise ValueError(
+                f"flip and shift need square images: {n_features} features is no side^2"
+            )
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return X
+        if self.flip or self.shift:
+            X = self._move(X)
+        if self.noise:
+            eps = torch.randn(X.shape, generator=self.gen, dtype=torch.float64)  # CPU
+            X = X + (self.noise * eps).to(self.device, X.dtype)
+        return X
+
+    def _move(self, X: torch.Tensor) -> torch.Tensor:
+        n, s = X.shape[0], self.side
+        src = X.view(n, s, s)
+        if self.shift:
+            dy, dx = (
+                int(v) - self.shift
+                for v in torch.randint(0, 2 * self.shift + 1, (2,), generator=self.gen)
+            )
+            out = torch.zeros_like(src)
+            out[:, max(dy, 0) : s + min(dy, 0), max(dx, 0) : s + min(dx, 0)] = src[
+                :, max(-dy, 0) : s + min(-dy, 0), max(-dx, 0) : s + min(-dx, 0)
+            ]
+        else:
+            out = src.clone()
+        if self.flip:
+            half = n // 2
+            out[:half] = out[:half].flip(2)
+        return out.view(n, s * s)
+
+
 def fit(
     engine,
     X: torch.Tensor,
@@ -275,13 +334,15 @@ def fit(
     # GPU run differs from the CPU one by rounding only.
     sizes = torch.tensor(np.diff(starts), dtype=torch.float64, device=device)
     drop = _InputDropout(getattr(cfg, "dropout", 0.0), cfg.seed, device)
+    augment = _Augment(cfg, X.shape[1], device)
     # The proximal threshold per step: lr l1, over (1 - momentum) with heavy ball,
     # whose velocity sums the gradients to g / (1 - m): then the fixed point is the
     # L1 optimum, not the one of l1 (1 - m) (measured: diabetes at l1 10 landed on
     # the optimum of l1 1 without it).
     l1 = getattr(cfg, "l1", 0.0) / (1.0 - cfg.momentum)
-    # (a captured graph would replay one mask and no proximal step: those step eagerly)
-    eager = drop.p or l1
+    # (a captured graph would replay one mask, one augmentation and no proximal step:
+    # those step eagerly)
+    eager = drop.p or l1 or augment.active
     graph = (
         EpochGraph(engine, X, y, starts) if graph_capturable(engine, X, bs) and not eager else None
     )
@@ -292,7 +353,7 @@ def fit(
         if bs == n:
             # Full batch: the gradient is a mean over all rows, so the order is moot;
             # skipping the shuffle and the copy keeps thousands of epochs cheap.
-            total = engine.step(drop(X), y).double() * n
+            total = engine.step(drop(augment(X)), y).double() * n
             if l1:
                 soft_threshold_(engine.weight, lr * l1)
         else:
@@ -305,7 +366,8 @@ def fit(
                 losses = torch.empty(len(starts) - 1, dtype=torch.float64, device=device)
                 for i in range(losses.numel()):
                     idx = perm[starts[i] : starts[i + 1]]
-                    losses[i] = engine.step(drop(X.index_select(0, idx)), y.index_select(0, idx))
+                    Xb = drop(augment(X.index_select(0, idx)))
+                    losses[i] = engine.step(Xb, y.index_select(0, idx))
                     if l1:
                         soft_threshold_(engine.weight, lr * l1)
             total = losses @ sizes
