@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,10 +200,14 @@ def _make_ui_links(port: int, db: Path) -> tuple[str, dict]:
 
 
 def _wait(driver, until, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.3).until(until)
+        # The UI re-renders as data arrives: an element read a moment ago may be gone.
+        return WebDriverWait(
+            driver, WAIT_S, poll_frequency=0.3, ignored_exceptions=[StaleElementReferenceException]
+        ).until(until)
     except Exception as exc:
         driver.save_screenshot(str(ARTIFACTS / "failed.png"))
         raise AssertionError(f"{what} (screenshot failed.png)") from exc
@@ -386,6 +391,78 @@ def test_mlflow_ui_shows_both_experiments_and_overlays_val_loss(
     assert len(curves[next(iter(names))]) == 200  # train.classification.epochs
     assert "val_loss" in _text(browser)
     browser.save_screenshot(str(artifacts / "3-val_loss.png"))
+
+
+def test_models_page_lists_the_registered_model_its_aliases_and_signature(
+    browser, learner_repo, mlflow_ui, artifacts
+):
+    """Each training registered a version of linflow-digits; a user promotes one as
+    docs/mlflow.md says (an alias); the UI lists them, and a version its signature."""
+    from mlflow import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    client = MlflowClient(tracking_uri=learner_repo[1])
+    versions = client.search_model_versions("name = 'linflow-digits'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert not client.get_registered_model("linflow-digits").aliases  # no gate ran
+    client.set_registered_model_alias("linflow-digits", "challenger", "2")
+    aliases = client.get_registered_model("linflow-digits").aliases
+    browser.get(f"{mlflow_ui}/#/models")
+    _wait(browser, lambda d: "linflow-digits" in _text(d), "the Models page lists linflow-digits")
+    _dismiss_dialogs(browser)  # MLflow 3's "new Model Registry UI" announcement
+
+    def row(d):
+        rows = d.find_elements(By.XPATH, "//*[@role='row' or self::tr][.//a[.='linflow-digits']]")
+        return rows[0].text if rows else ""
+
+    _wait(
+        browser,
+        lambda d: "@ challenger\n: Version 2" in row(d),
+        "the model's row shows its alias (@ challenger : Version 2)",
+    )
+    browser.save_screenshot(str(artifacts / "4-models.png"))
+    link = browser.find_element(
+        By.XPATH, "//a[.='linflow-digits' and contains(@href, '#/models/')]"
+    )
+    browser.get(link.get_attribute("href"))
+    _dismiss_dialogs(browser)
+    _wait(
+        browser,
+        lambda d: "Version 2" in _text(d) and "Version 1" in _text(d),
+        "the model page lists versions 1 and 2",
+    )
+    browser.save_screenshot(str(artifacts / "5-model-versions.png"))
+    browser.get(f"{mlflow_ui}/#/models/linflow-digits/versions/{aliases['challenger']}")
+    _dismiss_dialogs(browser)
+    _wait(browser, lambda d: "Schema" in _text(d), "the version page shows its schema")
+    browser.save_screenshot(str(artifacts / "6-model-version.png"))
+    text = _text(browser)
+    # The signature: 64 pixel columns in; the class and 10 probabilities out.
+    assert "challenger" in text and "Inputs (64)" in text and "Outputs (11)" in text, text
+
+
+def _dismiss_dialogs(driver) -> None:
+    """Close the announcement dialogs the MLflow UI opens over a page, if any (a script
+    click: the dialog may still be animating in, when a real click is refused)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def shown(d):
+        return [g for g in d.find_elements(By.CSS_SELECTOR, "[role='dialog']") if g.is_displayed()]
+
+    for _ in range(3):
+        try:
+            dialogs = shown(driver)
+            if not dialogs:
+                return
+            buttons = dialogs[0].find_elements(By.CSS_SELECTOR, "button[aria-label='Close']")
+            if not buttons:
+                return
+            driver.execute_script("arguments[0].click();", buttons[0])
+        except StaleElementReferenceException:
+            pass  # re-rendered meanwhile: look again
+        time.sleep(0.5)
+    _wait(driver, lambda d: not shown(d), "the UI's dialogs close")
 
 
 def test_dvc_plots_page_renders_offline(browser, learner_repo, artifacts):
