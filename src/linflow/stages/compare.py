@@ -153,7 +153,7 @@ def run(args, params) -> None:
         # Trained on augmented rows: another data distribution, so another optimum.
         not_comparable = (
             "trained with data augmentation ("
-            + ", ".join(f"{k} {v}" for k, v in augment.items())
+            + ", ".join(k if v is True else f"{k} {v}" for k, v in augment.items())
             + "): the reference fits the rows as they are, so every gap is reported, none "
             "checked"
         )
