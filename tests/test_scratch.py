@@ -198,10 +198,14 @@ def test_augment_flips_half_the_batch_and_shifts_it_with_zero_fill():
     cfg = make_cfg("classification", "cross_entropy", flip=True, shift=2)
     aug = _Augment(cfg, 16, torch.device("cpu"))  # 4x4 images
     X = torch.arange(4 * 16, dtype=torch.float64).reshape(4, 16) + 1  # no zero pixel
-    out = aug(X).view(4, 4, 4)
-    # Undo the flip of the first half; then every row is the same shift of its image.
-    out[:2] = out[:2].flip(2)
-    src = X.view(4, 4, 4)
+
+    def batch(a):  # as fit gathers one: rows of the pool, then the rest
+        return a(a.pool(X).index_select(0, a.rows(torch.arange(4), 4)))
+
+    out = batch(aug).view(4, 4, 4)
+    # The first half mirrored, then every row the same shift of its image.
+    src = X.view(4, 4, 4).clone()
+    src[:2] = src[:2].flip(2)
     shifts = [
         (dy, dx)
         for dy in range(-2, 3)
@@ -211,9 +215,9 @@ def test_augment_flips_half_the_batch_and_shifts_it_with_zero_fill():
     assert len(shifts) == 1  # one (dy, dx) for the whole batch, in [-2, 2]
     # Seeded: the same config draws the same shifts; off, it is the identity.
     a, b = _Augment(cfg, 16, torch.device("cpu")), _Augment(cfg, 16, torch.device("cpu"))
-    assert all(torch.equal(a(X), b(X)) for _ in range(5))
+    assert all(torch.equal(batch(a), batch(b)) for _ in range(5))
     off = _Augment(make_cfg("classification", "cross_entropy"), 16, torch.device("cpu"))
-    assert off(X) is X and not off.active
+    assert off(X) is X and off.pool(X) is X and not off.active
     with pytest.raises(ValueError, match="square images: 15 features"):
         _Augment(cfg, 15, torch.device("cpu"))
 

@@ -262,6 +262,7 @@ def run(args, params) -> None:
         run.set_tags({tracking.WEIGHTS_TAG: weights_md5})
         # The MLflow Model (raw columns in, transform inside) and its registry version.
         example = data / "example.json"
+        t_model = time.perf_counter()
         version, added = run.log_model(
             model_dir,
             ds.task,
@@ -269,8 +270,9 @@ def run(args, params) -> None:
             {tracking.WEIGHTS_TAG: weights_md5, "linflow.data_md5": tags["linflow.data_md5"]},
         )
         log.info(
-            "train %s: MLflow model logged; registry linflow-%s version %s%s",
-            args.dataset, args.dataset, version, "" if added else " (these weights were registered already)",
+            "train %s: MLflow model logged in %.2f s; registry linflow-%s version %s%s",
+            args.dataset, time.perf_counter() - t_model, args.dataset, version,
+            "" if added else " (these weights were registered already)",
         )  # fmt: skip
         donor = run.adopt_results(weights_md5)
         if donor:

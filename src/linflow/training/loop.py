@@ -236,15 +236,17 @@ class _InputDropout:
 
 
 class _Augment:
-    """Data augmentation of a training batch (never of validation rows), fresh per call.
+    """Data augmentation of the training batches (never of validation rows).
 
-    - noise: X + N(0, noise^2) per entry;
-    - flip: the first half of the batch mirrored left-right (rows of square images,
-      side = sqrt(d)); the batch is a random draw of the shuffled split, so each
-      image is flipped in about half of the epochs;
+    - noise: X + N(0, noise^2) per entry, fresh per batch;
+    - flip: the first half of every batch mirrored left-right (rows of square images,
+      side = sqrt(d)); a batch is a random draw of the shuffled split, so each image
+      is flipped in about half of the epochs. The mirrored split is made once
+      (``pool``: the split and its mirror image, 2x its memory) and a batch takes
+      its first half from the mirror in the same row gather: flipping costs a batch
+      nothing (a flip per batch cost ~25 us of its ~330 us, Fashion-MNIST at 256);
     - shift: the whole batch moved by (dy, dx), each uniform in [-shift, shift]
-      pixels, zero fill (one shift per batch: a per-row shift would gather every
-      pixel and cost more than the step; measured in docs/benchmarks.md).
+      pixels, zero fill (one shift per batch: a per-row shift gathers every pixel).
 
     Draws come from a generator of their own (cfg.seed, apart from the shuffle's and
     dropout's), on the CPU: both engines and every device see the same batches. Off
@@ -259,39 +261,65 @@ class _Augment:
         self.device = device
         self.gen = torch.Generator().manual_seed(cfg.seed + 0xA06) if self.active else None
         self.side = math.isqrt(n_features)
+        self._buffers: dict[torch.Size, torch.Tensor] = {}
         if (self.flip or self.shift) and self.side * self.side != n_features:
             raise ValueError(
                 f"flip and shift need square images: {n_features} features is no side^2"
             )
 
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        if not self.active:
+    def pool(self, X: torch.Tensor) -> torch.Tensor:
+        """The rows batches are gathered from: X, and with flip X's mirror below it."""
+        if not self.flip:
             return X
-        if self.flip or self.shift:
-            X = self._move(X)
-        if self.noise:
-            eps = torch.randn(X.shape, generator=self.gen, dtype=torch.float64)  # CPU
-            X = X + (self.noise * eps).to(self.device, X.dtype)
-        return X
-
-    def _move(self, X: torch.Tensor) -> torch.Tensor:
         n, s = X.shape[0], self.side
-        src = X.view(n, s, s)
+        pool = torch.empty((2 * n, s * s), dtype=X.dtype, device=X.device)
+        pool[:n] = X
+        mirror = torch.arange(s - 1, -1, -1, device=X.device)  # column c <- s - 1 - c
+        torch.index_select(X.view(n * s, s), 1, mirror, out=pool[n:].view(n * s, s))
+        return pool
+
+    def rows(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Pool rows of a batch of split rows `idx`: with flip, its first half mirrored."""
+        if not self.flip:
+            return idx
+        idx = idx.clone()
+        idx[: idx.numel() // 2] += n
+        return idx
+
+    def __call__(self, Xb: torch.Tensor) -> torch.Tensor:
+        """The rest of a gathered batch's augmentation: the shift, then the noise."""
         if self.shift:
-            dy, dx = (
-                int(v) - self.shift
-                for v in torch.randint(0, 2 * self.shift + 1, (2,), generator=self.gen)
-            )
-            out = torch.zeros_like(src)
-            out[:, max(dy, 0) : s + min(dy, 0), max(dx, 0) : s + min(dx, 0)] = src[
-                :, max(-dy, 0) : s + min(-dy, 0), max(-dx, 0) : s + min(-dx, 0)
-            ]
+            Xb = self._shift(Xb)
+        if self.noise:
+            eps = torch.randn(Xb.shape, generator=self.gen, dtype=torch.float64)  # CPU
+            Xb = Xb + (self.noise * eps).to(self.device, Xb.dtype)
+        return Xb
+
+    def _shift(self, X: torch.Tensor) -> torch.Tensor:
+        # A shift by (dy, dx) is a shift of each flattened row by dy * side + dx, one
+        # contiguous copy; then the columns that wrapped round a row edge are zeroed
+        # (the per-op overhead, not the bytes, is what a batch pays: slice copies of
+        # the 2-D windows cost twice as much).
+        n, s = X.shape[0], self.side
+        draw = torch.randint(0, 2 * self.shift + 1, (2,), generator=self.gen).tolist()
+        dy, dx = draw[0] - self.shift, draw[1] - self.shift
+        off, size = dy * s + dx, s * s
+        # One buffer per batch shape, reused: a fresh 0.8 MB batch every step costs its
+        # page faults again (the step is done with a batch before the next is made).
+        out = self._buffers.get(X.shape)
+        if out is None or out.dtype != X.dtype or out.device != X.device:
+            out = self._buffers[X.shape] = torch.empty_like(X)
+        if off >= 0:
+            out[:, off:] = X[:, : size - off]
+            out[:, :off] = 0
         else:
-            out = src.clone()
-        if self.flip:
-            half = n // 2
-            out[:half] = out[:half].flip(2)
-        return out.view(n, s * s)
+            out[:, : size + off] = X[:, -off:]
+            out[:, size + off :] = 0
+        if dx > 0:
+            out.view(n, s, s)[:, :, :dx] = 0
+        elif dx < 0:
+            out.view(n, s, s)[:, :, s + dx :] = 0
+        return out
 
 
 def fit(
@@ -335,6 +363,7 @@ def fit(
     sizes = torch.tensor(np.diff(starts), dtype=torch.float64, device=device)
     drop = _InputDropout(getattr(cfg, "dropout", 0.0), cfg.seed, device)
     augment = _Augment(cfg, X.shape[1], device)
+    pool = augment.pool(X)  # (n or 2n, d): with flip, the mirrored rows below X's
     # The proximal threshold per step: lr l1, over (1 - momentum) with heavy ball,
     # whose velocity sums the gradients to g / (1 - m): then the fixed point is the
     # L1 optimum, not the one of l1 (1 - m) (measured: diabetes at l1 10 landed on
@@ -353,7 +382,9 @@ def fit(
         if bs == n:
             # Full batch: the gradient is a mean over all rows, so the order is moot;
             # skipping the shuffle and the copy keeps thousands of epochs cheap.
-            total = engine.step(drop(augment(X)), y).double() * n
+            rows = augment.rows(torch.arange(n, device=device), n) if augment.flip else None
+            Xb = X if rows is None else pool.index_select(0, rows)
+            total = engine.step(drop(augment(Xb)), y).double() * n
             if l1:
                 soft_threshold_(engine.weight, lr * l1)
         else:
@@ -366,7 +397,7 @@ def fit(
                 losses = torch.empty(len(starts) - 1, dtype=torch.float64, device=device)
                 for i in range(losses.numel()):
                     idx = perm[starts[i] : starts[i + 1]]
-                    Xb = drop(augment(X.index_select(0, idx)))
+                    Xb = drop(augment(pool.index_select(0, augment.rows(idx, n))))
                     losses[i] = engine.step(Xb, y.index_select(0, idx))
                     if l1:
                         soft_threshold_(engine.weight, lr * l1)
