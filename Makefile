@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server serve bench bench-tables plots-vendor clean
+.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server serve bench bench-tables bench-models plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -138,6 +138,9 @@ bench: setup fashion-data ## trainer benchmark (Fashion-MNIST): ratios to benchm
 
 bench-tables: setup ## table benchmark (1M-row CSV, Parquet; ~3 min): prepare + split vs pandas, pyarrow, to benchmarks/results/tables.json
 	$(PY) benchmarks/bench_tables.py --reps 5
+
+bench-models: setup fashion-data ## MLflow Model costs (after make run; ~4 min): log+register, share of a cold repro, predict vs pandas, served latency, to benchmarks/results/models.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) benchmarks/bench_models.py --reps 5
 
 plots-vendor: setup ## re-fetch the Vega libraries `dvc plots show` inlines (.dvc/plots/; needs npm)
 	$(PY) .dvc/plots/vendor.py

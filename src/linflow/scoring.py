@@ -133,12 +133,38 @@ def _numbers(series, name: str, kind: str, missing_ok: bool, offset: int = 0) ->
     return values
 
 
+def _number_block(df, inputs: list, missing_ok: bool, offset: int) -> np.ndarray | None:
+    """All inputs numbers in numeric (not bool) columns: the (n, d) float64 block in one
+    conversion, checked as _numbers checks each column (the same first error); else None.
+    Column by column, Fashion-MNIST's 784 pixels cost pandas' overhead 784 times."""
+    import pandas as pd
+
+    names = [c["name"] for c in inputs]
+    if any(c["kind"] in ("categorical", "date") for c in inputs):
+        return None
+    dtypes = df.dtypes
+    if not all(
+        pd.api.types.is_numeric_dtype(dtypes[n]) and not pd.api.types.is_bool_dtype(dtypes[n])
+        for n in names
+    ):
+        return None
+    block = df[names].to_numpy(dtype=np.float64, na_value=np.nan)  # (n, d)
+    bad = ~np.isfinite(block) if not missing_ok else np.isinf(block)
+    if bad.any():
+        j = int(np.argmax(bad.any(axis=0)))  # the first column with a problem, as _numbers
+        _numbers(df[names[j]], names[j], inputs[j]["kind"], missing_ok, offset)  # raises
+    return block
+
+
 def frame_arrays(df, transform: dict, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(numeric inputs (n, d) float64, NaN if empty; categorical inputs (n, c) text).
     Errors count rows from offset + 1 (a chunk of a larger file)."""
     encoder = transform.get("encoder")
     missing_ok = encoder is not None and encoder.get("missing") == "impute"
     n = len(df)
+    block = _number_block(df, transform["inputs"], missing_ok, offset)
+    if block is not None:
+        return block, np.zeros((n, 0), dtype="<U1")
     num, cat = [], []
     for col in transform["inputs"]:
         name, kind = col["name"], col["kind"]

@@ -25,6 +25,8 @@ import numpy as np
 log = logging.getLogger("linflow")
 
 MODEL_FILES = ("model.safetensors", "model.json", "transform.json")
+# A CSV up to this size is read whole (multithreaded); a larger one streams in blocks.
+WHOLE_CSV_BYTES = 128 << 20
 
 
 def add_arguments(p) -> None:
@@ -136,8 +138,7 @@ def _csv_batches(path: Path, transform: dict):
     delimiter = "\t" if path.suffix.lower() == ".tsv" else sniff_delimiter(path, lines)
     text = {c["name"] for c in transform["inputs"] if c.get("type") == "string"}
     types = {name: pa.string() for name in text}
-    reader = pc.open_csv(
-        path,
+    options = dict(
         read_options=pc.ReadOptions(block_size=1 << 22),
         parse_options=pc.ParseOptions(delimiter=delimiter),
         convert_options=pc.ConvertOptions(
@@ -146,7 +147,11 @@ def _csv_batches(path: Path, transform: dict):
             strings_can_be_null=True,
         ),
     )
-    return reader
+    if path.stat().st_size <= WHOLE_CSV_BYTES:
+        # Small enough to hold: pyarrow's multithreaded reader, ~2x the streaming one's
+        # speed on 2 cores (Fashion-MNIST's 10,000 test rows: 47 MB).
+        return pc.read_csv(path, **options).to_batches()
+    return pc.open_csv(path, **options)  # one block at a time: bounded memory
 
 
 def _npz_chunks(path: Path, transform: dict):
@@ -164,19 +169,18 @@ def _npz_chunks(path: Path, transform: dict):
         yield pd.DataFrame(X[start : start + CHUNK_ROWS], columns=names)
 
 
-def _csv_cells(cols: dict, task: str) -> list[list[str]]:
-    """Rows as predictions.csv writes them: numbers by repr, probabilities to 6 digits."""
-    names = list(cols)
+def _csv_cells(cols: dict, task: str) -> list[tuple[str, ...]]:
+    """Rows as predictions.csv writes them: numbers by repr, probabilities to 6 digits.
+    (Formatted from Python floats: numpy scalars format ~2x slower.)"""
     out = []
-    for name in names:
-        v = cols[name]
+    for name, v in cols.items():
         if name.startswith("p_") and task == "classification":
-            out.append([f"{q:.6g}" for q in v])
+            out.append([f"{q:.6g}" for q in np.asarray(v, dtype=np.float64).tolist()])
         elif v.dtype.kind == "f":
-            out.append([repr(float(q)) for q in v])
+            out.append([repr(q) for q in np.asarray(v, dtype=np.float64).tolist()])
         else:
             out.append([str(q) for q in v])
-    return [list(r) for r in zip(*out, strict=True)]
+    return list(zip(*out, strict=True))
 
 
 def run(args, params) -> None:
