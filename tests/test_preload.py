@@ -43,6 +43,18 @@ def worker_env(tmp_path_factory):
             os.kill(pid, signal.SIGKILL)
 
 
+def _private_worker(folder: Path, **extra: str) -> tuple[dict, Path, Path, Path]:
+    """An environment whose stages go to a worker in the private `folder` (made here):
+    (env, its socket, lock and log paths)."""
+    folder.mkdir(mode=0o700)
+    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder), **extra)
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", *extra):
+            mp.setenv(k, env[k])
+        sock, lock, log = map(Path, preload._paths())
+    return env, sock, lock, log
+
+
 def worker_pids(log: Path) -> set[int]:
     text = log.read_text() if log.exists() else ""
     return {int(p) for p in re.findall(r"preload: pid (\d+): group", text)}
@@ -279,14 +291,7 @@ def _stage_pids(log: Path) -> set[int]:
 def test_a_killed_worker_takes_its_stage_with_it(tmp_path, digits):
     """kill -9 of the worker mid-stage: the stage gets SIGTERM (parent-death signal),
     ends its run KILLED and writes nothing; no process of it survives."""
-    folder = tmp_path / "w"
-    folder.mkdir(mode=0o700)
-    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
-    env["LINFLOW_PRELOAD_IDLE"] = "60"
-    with pytest.MonkeyPatch.context() as mp:
-        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "LINFLOW_PRELOAD_IDLE"):
-            mp.setenv(k, env[k])
-        sock, _, log = map(Path, preload._paths())
+    env, sock, _, log = _private_worker(tmp_path / "w", LINFLOW_PRELOAD_IDLE="60")
     start_worker(env, sock, log)
     proc = _long_training(tmp_path, digits, "digits_worker_kill", env)
     (stage,) = _stage_pids(log)
@@ -307,22 +312,28 @@ def test_a_killed_worker_takes_its_stage_with_it(tmp_path, digits):
     assert not (tmp_path / "m").exists()
 
 
+def _worker_off_lines(env: dict, out: Path, stages: int) -> list[str]:
+    """`stages` prepare stages started by one parent (as by one `dvc repro`); the lines
+    of their stderr that say the warm worker is off."""
+    argv = ["prepare", "line", "--out", str(out)]
+    code = (
+        "import subprocess, sys\n"
+        f"for _ in range({stages}): subprocess.run([sys.executable, '-m', 'linflow', *{argv!r}])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    return [ln for ln in res.stderr.splitlines() if "warm worker is off" in ln]
+
+
 def test_a_folder_that_is_not_private_turns_the_worker_off_saying_so_once(tmp_path):
     folder = tmp_path / "shared"
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)  # as another user's pre-created folder would be: not private
     env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    argv = ["prepare", "line", "--out", str(tmp_path / "raw.npz")]
     # Two stages of one parent (as of one `dvc repro`): one line, from the first.
-    code = (
-        "import subprocess, sys\n"
-        f"for _ in range(2): subprocess.run([sys.executable, '-m', 'linflow', *{argv!r}])\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    lines = [ln for ln in res.stderr.splitlines() if "warm worker is off" in ln]
+    lines = _worker_off_lines(env, tmp_path / "raw.npz", stages=2)
     assert lines == [
         f"linflow: the warm worker is off: {folder} is not a private folder of this user "
         f"(owner uid {os.getuid()}, mode 755); every stage pays its imports (~5 s). "
@@ -336,25 +347,12 @@ def test_a_folder_that_is_not_private_turns_the_worker_off_saying_so_once(tmp_pa
 def test_a_folder_blocking_the_socket_path_turns_the_worker_off_saying_so_once(tmp_path, what):
     """A folder where the worker's socket (or lock) should be: no worker can start there;
     the stages run here, and the first says so once, with the path and the fix."""
-    folder = tmp_path / "preload"
-    folder.mkdir(mode=0o700)
-    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    with pytest.MonkeyPatch.context() as mp:
-        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "XDG_CACHE_HOME"):
-            mp.setenv(k, env[k])
-        sock, lock, log = preload._paths()
-    blocked = Path(sock if what == "sock" else lock)
+    env, sock, lock, log = _private_worker(
+        tmp_path / "preload", XDG_CACHE_HOME=str(tmp_path / "cache")
+    )
+    blocked = sock if what == "sock" else lock
     (blocked / "something").mkdir(parents=True)
-    argv = ["prepare", "line", "--out", str(tmp_path / "raw.npz")]
-    code = (
-        "import subprocess, sys\n"
-        f"for _ in range(3): subprocess.run([sys.executable, '-m', 'linflow', *{argv!r}])\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    lines = [ln for ln in res.stderr.splitlines() if "warm worker is off" in ln]
+    lines = _worker_off_lines(env, tmp_path / "raw.npz", stages=3)
     kind = "socket" if what == "sock" else "lock file"
     assert lines == [
         f"linflow: the warm worker is off: {blocked} is a folder where its {kind} should be; "
@@ -362,18 +360,11 @@ def test_a_folder_blocking_the_socket_path_turns_the_worker_off_saying_so_once(t
         "LINFLOW_PRELOAD_DIR to a folder of your own."
     ]
     assert (tmp_path / "raw.npz").is_file()  # the stages ran, here
-    assert not Path(log).exists()  # no worker was started to fail
+    assert not log.exists()  # no worker was started to fail
 
 
 def test_a_file_where_the_socket_should_be_is_replaced_by_the_worker(tmp_path):
-    folder = tmp_path / "preload"
-    folder.mkdir(mode=0o700)
-    env = dict(os.environ, LINFLOW_PRELOAD="1", LINFLOW_PRELOAD_DIR=str(folder))
-    env["LINFLOW_PRELOAD_IDLE"] = "5"
-    with pytest.MonkeyPatch.context() as mp:
-        for k in ("LINFLOW_PRELOAD", "LINFLOW_PRELOAD_DIR", "LINFLOW_PRELOAD_IDLE"):
-            mp.setenv(k, env[k])
-        sock, _, log = (Path(p) for p in preload._paths())
+    env, sock, _, log = _private_worker(tmp_path / "preload", LINFLOW_PRELOAD_IDLE="5")
     sock.write_text("not a socket")
     try:
         start_worker(env, sock, log)
