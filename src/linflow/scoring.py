@@ -148,7 +148,10 @@ def _number_block(df, inputs: list, missing_ok: bool, offset: int) -> np.ndarray
         for n in names
     ):
         return None
-    block = df[names].to_numpy(dtype=np.float64, na_value=np.nan)  # (n, d)
+    # C order, as column_stack gave: a frame made from one 2-D array converts to its
+    # transpose's view (F order), and the matrix product then sums in another order
+    # (1 ulp off predictions.csv).
+    block = np.ascontiguousarray(df[names].to_numpy(dtype=np.float64, na_value=np.nan))
     bad = ~np.isfinite(block) if not missing_ok else np.isinf(block)
     if bad.any():
         j = int(np.argmax(bad.any(axis=0)))  # the first column with a problem, as _numbers

@@ -204,3 +204,23 @@ def test_same_weights_add_no_version_and_an_experiment_gets_challenger(
     assert new.tags["dvc.exp_name"] == "short-line" and new.tags["linflow.gate"] == "pass"
     aliases = client.get_registered_model("linflow-line").aliases
     assert aliases == {"champion": first.version, "challenger": new.version}
+
+
+def test_a_frame_of_one_block_scores_as_its_rows_in_c_order(digits_run):
+    """pandas holds a frame made from one 2-D array as one block: its to_numpy is the
+    block's transpose (F order), and a matrix product in that order sums otherwise.
+    The pyfunc model must give evaluate's numbers for it too, not 1 ulp off."""
+    from linflow import scoring
+    from linflow.core.storage import load_weights, read_json
+    from linflow.transform import apply_scaler
+
+    tensors, _ = load_weights(digits_run.model / "model.safetensors")
+    W, b = tensors["weight"][:1], tensors["bias"][:1]  # one output: a raw sum, no softmax
+    transform = read_json(digits_run.model / "transform.json")
+    names = _test_rows(digits_run).columns
+    # Digits' pixels are small integers, whose sums are exact in any order: other numbers.
+    values = np.random.default_rng(0).normal(8.0, 5.0, size=(300, len(names)))
+    got = scoring.predict_frame(pd.DataFrame(values, columns=names), W, b, transform, "regression")
+    X = apply_scaler(values.astype(np.float32), transform["scaler"])  # C order, as evaluate
+    want = scoring.predict_matrix(X, W, b, "regression", transform["class_names"])
+    np.testing.assert_array_equal(got["predicted"].to_numpy(), want["predicted"])
