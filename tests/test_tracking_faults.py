@@ -150,6 +150,7 @@ def test_a_killed_stages_run_is_closed_by_the_next_command_that_opens_the_store(
     res = _validate(tmp_path, params, uri)
     assert res.returncode == 0, res.stderr
     assert f"of process {victim.pid} was left RUNNING: marked KILLED" in res.stderr
+    assert "validate: 1 MLflow run(s) of killed processes marked KILLED" in res.stderr
     client, runs = _all_runs(uri)
     assert [r.info.status for r in runs] == ["KILLED"]
     reason = client.get_run(run.info.run_id).data.tags["linflow.failure"]

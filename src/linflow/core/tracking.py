@@ -212,7 +212,7 @@ def _client():
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
-        client = _create_sqlite_store(uri, Path(uri[len("sqlite:///") :].split("?", 1)[0]))
+        client = _create_sqlite_store(uri, _sqlite_path(uri))
     else:
         client = MlflowClient(tracking_uri=uri)
     if uri not in _RECONCILED:  # any command that opens the store closes dead runs
@@ -224,7 +224,12 @@ def _client():
     return client
 
 
-_RECONCILED: set[str] = set()
+_RECONCILED: set[str] = set()  # the stores this process has reconciled
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The database file of a sqlite:/// URI."""
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def _dead_runs_in_sqlite(db: Path) -> int:
@@ -257,11 +262,15 @@ def close_dead_runs() -> list[str]:
     Against the local sqlite store it imports mlflow only when there is such a run; a
     server is asked. Returns the run ids it ended; a store it cannot reach is no error."""
     uri = tracking_uri()
-    sqlite = uri.startswith("sqlite:///")
-    if sqlite and not _dead_runs_in_sqlite(Path(uri[len("sqlite:///") :].split("?", 1)[0])):
+    if uri.startswith("sqlite:///") and not _dead_runs_in_sqlite(_sqlite_path(uri)):
         return []
+
+    def reconciled() -> list[str]:
+        _RECONCILED.add(uri)  # here, keeping the ids (_client would do it again otherwise)
+        return reconcile(_client())
+
     try:
-        return _on_store(lambda: reconcile(_client()), timeout=30)
+        return _on_store(reconciled, timeout=30)
     except Exception as exc:
         log.debug("close_dead_runs: %s", _one_line(exc))
         return []

@@ -179,13 +179,11 @@ def run(args, params) -> None:
     )
     log.info("compare %s vs %s: %s", args.dataset, ref.primary, summary)
     if ds.task == "regression":  # how well the model class fits: under- vs overfitting
-        from linflow.metrics import predict_linear, regression_metrics
-
-        r2 = [
-            regression_metrics(split[1], predict_linear(split[0], *ours)[:, 0])["r2"]
-            for split in (train, test)
-        ]
-        log.info("compare %s: R2 train %.2f, test %.2f (ours)", args.dataset, *r2)
+        r2_train = reference.split_metrics(ds.task, *train, *ours)["r2"]
+        log.info(
+            "compare %s: R2 train %.2f, test %.2f (ours)",
+            args.dataset, r2_train, result["test"]["ours"]["r2"],
+        )  # fmt: skip
 
     weights_md5 = file_md5(model_dir / card.weights["file"])
     if failure:
