@@ -97,9 +97,12 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    from linflow.launch.torchrun import rank_tag
+
+    tag = rank_tag()  # '[rank R]' in a torchrun of several ranks
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="linflow %(levelname)s: %(message)s",
+        format=f"linflow{tag} %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     for noisy in ("alembic", "mlflow", "matplotlib", "urllib3"):
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         code = stages.load(args.command).run(args, load_params(args.params))
     except LinflowError as exc:
-        print(f"linflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"linflow {args.command}{tag}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         # Writes go through storage.atomic_path (WriteError above); anything else the

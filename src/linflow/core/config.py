@@ -103,6 +103,7 @@ class TrainOverrides(_Strict):
     noise: NonNegFloat | None = None
     flip: bool | None = None  # image datasets only (checked in Params)
     shift: ShiftPixels | None = None  # image datasets only (checked in Params)
+    processes: PosInt | None = None  # streamed tables only (checked by train)
 
 
 # --- datasets -----------------------------------------------------------------
@@ -289,6 +290,14 @@ class TableData(_Strict):
     missing: Literal["error", "impute"] = _allowed("one of 'error', 'impute'", default="error")
     # The most memory reading the table may take, in MiB; null: half of what is available.
     max_memory_mb: PosInt | None = None
+    # Streaming (docs/streaming.md): the rows stay in the file (Parquet, or a CSV converted
+    # once to Parquet) and every stage reads them a row group at a time. auto: stream when
+    # reading the table whole would need more than max_memory_mb allows (or it is a folder).
+    stream: Literal["auto"] | bool = _allowed("one of 'auto', true, false", default="auto")
+    # Streaming: the memory a stage may use for data (MiB), over what Python and its
+    # libraries take at start; it sizes the training shuffle buffer and the cached
+    # validation rows, and bounds the row groups prepare accepts.
+    budget_mb: PosInt = 1024
 
     @model_validator(mode="after")
     def _columns(self) -> TableData:
@@ -403,6 +412,10 @@ class TrainConfig(_Strict):
     noise: NonNegFloat = 0.0
     flip: bool = False
     shift: ShiftPixels = 0
+    # Data-parallel training of a streamed table in this many processes under torchrun
+    # (gloo on CPU, NCCL on CUDA): each streams its share of the row groups, gradients
+    # are all-reduced, rank 0 writes and logs (docs/streaming.md). 1: one process.
+    processes: PosInt = 1
 
     @property
     def augmented(self) -> bool:
@@ -434,6 +447,9 @@ class TrainSection(_Strict):
     # another process holds the second core (docs/benchmarks.md, "Threads").
     threads: PosInt = 1
     device: Literal["cpu", "cuda"] = _allowed("one of 'cpu', 'cuda'", default="cpu")
+    # processes > 1: a rank that waits this long on the others (a hung or dead rank)
+    # fails the stage.
+    timeout_s: PosFloat = 120.0
     regression: RegressionTrain = RegressionTrain()
     classification: ClassificationTrain = ClassificationTrain()
 

@@ -57,6 +57,10 @@ class ToleranceError(LinflowError, ValueError):
     """A gap to the reference exceeds its tolerance in params.yaml compare."""
 
 
+class DistributedError(LinflowError, RuntimeError):
+    """A rank of a torchrun training failed, hung or could not reach the others."""
+
+
 class TrackingError(LinflowError, RuntimeError):
     """The tracking store cannot be reached or used."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["wine_frame", "cancer_frame", "diabetes_frame", "write", "EXAMPLES"]
+__all__ = ["wine_frame", "cancer_frame", "diabetes_frame", "write", "write_large", "EXAMPLES"]
 
 WINE_CLASSES = {0: "barolo", 1: "grignolino", 2: "barbera"}
 
@@ -72,6 +72,51 @@ def write(df, path: str | Path, **kw) -> Path:
         df.to_json(path, orient="records", lines=True)
     else:
         raise ValueError(f"{path}: write .csv, .tsv, .parquet or .jsonl")
+    return path
+
+
+def write_large(
+    path: str | Path,
+    rows: int,
+    features: int = 32,
+    task: str = "regression",
+    classes: int = 4,
+    group_rows: int = 1 << 17,
+    seed: int = 0,
+    noise: float = 0.5,
+) -> Path:
+    """A Parquet table of any size, written a row group at a time (memory: one group).
+
+    Features f00.. float32 N(0, 1) with a column-dependent scale and offset (so
+    standardising matters); target 'y': regression y = x . w + 1 + noise (float32),
+    classification the argmax of x V + noise over `classes` classes (int64).
+    Row group g's rows come from a generator seeded by (seed, g): the bytes do not
+    depend on the machine. For the streaming tests and `make bench` (docs/streaming.md).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    coef = np.random.default_rng([seed, 1 << 30]).normal(size=(features, max(classes, 1)))
+    scale = np.linspace(0.5, 4.0, features)
+    offset = np.linspace(-3.0, 3.0, features)
+    names = [f"f{j:02d}" for j in range(features)]
+    tmp = path.with_name(path.name + ".tmp")
+    with pq.ParquetWriter(tmp, pa.schema([*(pa.field(n, pa.float32()) for n in names), pa.field("y", pa.float32() if task == "regression" else pa.int64())])) as writer:  # fmt: skip
+        for g, start in enumerate(range(0, rows, group_rows)):
+            m = min(group_rows, rows - start)
+            rng = np.random.default_rng([seed, g])
+            Z = rng.standard_normal((m, features), dtype=np.float32)
+            eps = rng.standard_normal((m, max(classes, 1)), dtype=np.float32) * noise
+            if task == "regression":
+                y = (Z @ coef[:, 0].astype(np.float32) + 1.0 + eps[:, 0]).astype(np.float32)
+            else:
+                y = np.argmax(Z @ coef.astype(np.float32) + eps, axis=1).astype(np.int64)
+            X = Z * scale.astype(np.float32) + offset.astype(np.float32)
+            cols = [pa.array(X[:, j]) for j in range(features)] + [pa.array(y)]
+            writer.write_table(pa.table(cols, names=[*names, "y"]), row_group_size=group_rows)
+    tmp.replace(path)
     return path
 
 

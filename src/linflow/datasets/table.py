@@ -155,9 +155,9 @@ def check_memory(path: Path, fmt: str, max_memory_mb: int | None) -> None:
     if need > budget:
         raise DataError(
             f"{path}: reading it in memory needs ~{need / 2**20:,.0f} MiB, more than {what} "
-            f"({budget / 2**20:,.0f} MiB); this (in-memory) mode cannot hold it. The streaming "
-            "mode for larger-than-memory tables is not built yet: use a sample of the rows, or "
-            "raise data.max_memory_mb if this machine has the memory"
+            f"({budget / 2**20:,.0f} MiB); this (in-memory) mode cannot hold it: set "
+            "data.stream: auto or true (Parquet or CSV, read a row group at a time: "
+            "docs/streaming.md), or raise data.max_memory_mb if this machine has the memory"
         )
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger("linflow")
 
 _TRAIN_KEYS = (
     "impl", "loss", "lr", "batch_size", "epochs", "weight_decay", "momentum", "patience",
-    "lr_schedule", "seed", "dropout", "l1", "noise", "flip", "shift",
+    "lr_schedule", "seed", "dropout", "l1", "noise", "flip", "shift", "processes",
 )  # fmt: skip
 
 

@@ -41,8 +41,17 @@ def _inputs(args, task: str):
     ref = ReferenceDoc.from_json(read_json(ref_path), str(ref_path))
     tensors, _ = load_weights(model_dir / card.weights["file"])
     W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
-    X, y, meta = load_split(data, "train")
-    X_test, y_test, _ = load_split(data, "test")
+    from linflow.core.chunks import StreamSplit, is_stream
+
+    split = None
+    if is_stream(data):  # sums over the chunks; the figures show a sample of the rows
+        split = StreamSplit(data)
+        X, y = split.cache("train", FIGURE_ROWS)
+        X_test, y_test = split.cache("test", FIGURE_ROWS)
+        meta = {"task": split.task}
+    else:
+        X, y, meta = load_split(data, "train")
+        X_test, y_test, _ = load_split(data, "test")
     check_task(data, str(meta["task"]), args.dataset, task)
     check_task(model_dir, card.task, args.dataset, task, "model")
     check_task(ref_path, ref.task, args.dataset, task, "reference")
@@ -58,7 +67,10 @@ def _inputs(args, task: str):
             f"{ref_path}: reference weights {Wr.shape}, model weights {W.shape} and "
             f"{X.shape[1]} features in {data} do not match (run dvc repro)"
         )
-    return card, ref, model_dir, (W, b), (Wr, br), (X, y), (X_test, y_test)
+    return card, ref, model_dir, (W, b), (Wr, br), (X, y), (X_test, y_test), split
+
+
+FIGURE_ROWS = 5000  # streamed: the figures draw the first this many rows of a split
 
 
 def _figures(dataset, task, card, ref, model_dir, reports, ours, theirs, train, test, tol, poly):
@@ -124,11 +136,19 @@ def run(args, params) -> None:
 
     ds = params.dataset(args.dataset)
     reports = Path(args.reports or f"reports/{args.dataset}")
-    card, ref, model_dir, ours, theirs, train, test = _inputs(args, ds.task)
+    card, ref, model_dir, ours, theirs, train, test, split = _inputs(args, ds.task)
     l1 = card.train.get("l1", 0.0)
-    result = reference.compare_to_reference(
-        ds.task, card.loss, card.train["weight_decay"], ours, theirs, train, test, l1
-    )
+    if split is not None:
+        from linflow.streaming import compare_streamed
+
+        result = compare_streamed(
+            ds.task, card.loss, card.train["weight_decay"], ours, theirs,
+            lambda: split.iter("train"), lambda: split.iter("test"), len(split.class_names), l1,
+        )  # fmt: skip
+    else:
+        result = reference.compare_to_reference(
+            ds.task, card.loss, card.train["weight_decay"], ours, theirs, train, test, l1
+        )
     tolerances = params.compare.for_task(ds.task).model_dump()
     if card.loss == "mae":
         # The closed form minimises squared loss; an MAE model is not meant to reach it.
@@ -179,7 +199,12 @@ def run(args, params) -> None:
     )
     log.info("compare %s vs %s: %s", args.dataset, ref.primary, summary)
     if ds.task == "regression":  # how well the model class fits: under- vs overfitting
-        r2_train = reference.split_metrics(ds.task, *train, *ours)["r2"]
+        if split is not None:
+            from linflow.streaming import test_streamed
+
+            r2_train = test_streamed(split.iter("train"), ds.task, 0, [ours])[0][0]["r2"]
+        else:
+            r2_train = reference.split_metrics(ds.task, *train, *ours)["r2"]
         log.info(
             "compare %s: R2 train %.2f, test %.2f (ours)",
             args.dataset, r2_train, result["test"]["ours"]["r2"],
@@ -198,7 +223,7 @@ def run(args, params) -> None:
         task=ds.task,
         impl=card.impl,
         reference=ref.primary,
-        n_test=int(test[0].shape[0]),
+        n_test=split.rows("test") if split is not None else int(test[0].shape[0]),
         n_params=card.n_params,
         result=result,
         checks=checks,

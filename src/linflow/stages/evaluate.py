@@ -38,9 +38,14 @@ def run(args, params) -> None:
     card = ModelCard.from_json(read_json(model_dir / "model.json"), str(model_dir / "model.json"))
     tensors, _ = load_weights(model_dir / card.weights["file"])
     W, b = tensors["weight"], tensors["bias"]  # (k, d), (k,)
+    from linflow.core.chunks import is_stream
+
+    check_task(model_dir, card.task, args.dataset, ds.task, "model")
+    if is_stream(data):
+        _evaluate_stream(args.dataset, data, model_dir, reports, card, W, b)
+        return
     X, y, arrays = load_split(data, "test")
     check_task(data, str(arrays["task"]), args.dataset, ds.task)
-    check_task(model_dir, card.task, args.dataset, ds.task, "model")
     if X.shape[1] != W.shape[1]:
         raise DataError(
             f"{data}/test.npz: has {X.shape[1]} features, the model expects {W.shape[1]}"
@@ -78,6 +83,81 @@ def run(args, params) -> None:
     log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
     tracking.log_to_training_run(
         args.dataset,
+        file_md5(model_dir / card.weights["file"]),
+        metrics={f"test_{k}": v for k, v in scalars.items()},
+        artifacts=[
+            reports / "metrics.json",
+            reports / "evaluation.json",
+            reports / "predictions.png",
+        ],
+    )
+
+
+PLOT_ROWS = 5000  # streamed: the regression scatter shows the first this many test rows
+
+
+def _evaluate_stream(dataset: str, data: Path, model_dir: Path, reports: Path, card, W, b) -> None:
+    """evaluate for a streamed table: metrics as sums over the test chunks, predictions.csv
+    written a chunk at a time (one atomic file), the figure from the sums (confusion) or
+    the first PLOT_ROWS rows (regression scatter)."""
+    import time
+
+    from linflow import metrics
+    from linflow.core import plots, tracking
+    from linflow.core.artifacts import TestMetrics, check_task
+    from linflow.core.chunks import StreamSplit, memory_line
+    from linflow.core.errors import DataError
+    from linflow.core.storage import atomic_path, file_md5, write_json
+    from linflow.streaming import MetricSums
+
+    t0 = time.perf_counter()
+    split = StreamSplit(data)
+    check_task(data, split.task, dataset, card.task)
+    if len(split.feature_names) != W.shape[1]:
+        raise DataError(f"{data}: has {len(split.feature_names)} features, the model expects {W.shape[1]}")  # fmt: skip
+    names = card.class_names
+    sums = MetricSums(card.task, len(names))
+    shown: list[np.ndarray] = []
+    path = reports / "predictions.csv"
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        if card.task == "regression":
+            fh.write("actual,predicted\n")
+        else:
+            fh.write(",".join(["actual", "predicted", *(f"p_{n}" for n in names)]) + "\n")
+        for X, y in split.iter("test"):
+            out = metrics.predict_linear(X, W, b)  # (m, k)
+            sums.add(y, out)
+            if card.task == "regression":
+                y_hat = out[:, 0]
+                if sum(len(a) for a in shown) < PLOT_ROWS:
+                    shown.append(np.column_stack([y, y_hat]))
+                fh.writelines(f"{a!r},{p!r}\n" for a, p in zip(y.astype(float).tolist(), y_hat.tolist(), strict=True))  # fmt: skip
+            else:
+                probs = np.exp(metrics.log_softmax(out))
+                pred = out.argmax(axis=1)
+                fh.writelines(
+                    ",".join([names[a], names[p], *(f"{q:.6g}" for q in row)]) + "\n"
+                    for a, p, row in zip(y.tolist(), pred.tolist(), probs, strict=True)
+                )
+    title = f"{dataset} test"
+    per_class: dict[str, float] = {}
+    scalars = sums.metrics()
+    if card.task == "regression":
+        pts = np.concatenate(shown)[:PLOT_ROWS]
+        plots.prediction_scatter(pts[:, 0], pts[:, 1], reports / "predictions.png", f"{title} (first {len(pts)} rows)")  # fmt: skip
+    else:
+        plots.confusion_png(sums.confusion, names, reports / "predictions.png", title)
+        per_class = dict(zip(names, sums.per_class_accuracy(), strict=True))
+    doc = TestMetrics(dataset, card.task, sums.n, card.n_params, scalars, per_class)
+    write_json(reports / "evaluation.json", doc.evaluation_json())
+    write_json(reports / "metrics.json", doc.metrics_json())
+    log.info(
+        "evaluate %s: streamed %d test rows in %.1f s: %s; %s",
+        dataset, sums.n, time.perf_counter() - t0,
+        ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()), memory_line(),
+    )  # fmt: skip
+    tracking.log_to_training_run(
+        dataset,
         file_md5(model_dir / card.weights["file"]),
         metrics={f"test_{k}": v for k, v in scalars.items()},
         artifacts=[

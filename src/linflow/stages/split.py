@@ -39,6 +39,12 @@ def run(args, params) -> None:
     raw_path = Path(args.raw or f"data/raw/{args.dataset}.npz")
     out = Path(args.out or f"data/prepared/{args.dataset}")
     cfg = params.dataset(args.dataset)
+    from linflow.core.chunks import raw_manifest
+
+    if manifest := raw_manifest(raw_path):
+        check_task(raw_path, manifest["task"], args.dataset, cfg.task)
+        _split_stream(args.dataset, manifest, params, cfg.standardize, out)
+        return
     raw = read_raw(raw_path)
     check_task(raw_path, str(raw["task"]), args.dataset, cfg.task)
     table = json.loads(str(raw["table"])) if "table" in raw else None
@@ -138,3 +144,101 @@ def _encode_table(raw: dict, table: dict, idx, standardize: bool, dataset: str):
         X.shape[1] - len(encoder["numeric"]),
     )  # fmt: skip
     return X, scaler, transform
+
+
+def _split_stream(dataset: str, manifest: dict, params, standardize: bool, out: Path) -> None:
+    """A streamed table: each row's split from a hash of (seed, position), stored as one
+    byte a row (assign.npy), and the scaler fitted on the train rows in the same single
+    pass (float64 moments, merged chunk by chunk). No copy of the rows is written."""
+    import time
+
+    from linflow.core.artifacts import table_transform
+    from linflow.core.chunks import SPLIT_CODES, StreamTable, memory_line
+    from linflow.core.errors import DataError
+    from linflow.core.storage import atomic_path, write_json
+    from linflow.streaming import Moments, split_codes, split_key
+
+    t0 = time.perf_counter()
+    table = StreamTable(manifest)
+    s = params.split_config(dataset)
+    fractions = (s.train, s.val, s.test)
+    key = split_key(params.seed, dataset)
+    d = len(table.features)
+    k = len(manifest["class_names"])
+    assign = np.empty(table.n, dtype=np.uint8)
+    counts = {name: [] for name in SPLIT_CODES}
+    classes = np.zeros((3, max(k, 1)), dtype=np.int64)
+    moments = Moments(d)
+    example: list[list] = []
+    for c, (_, _, start, rows) in enumerate(table.chunks):
+        codes = split_codes(start, rows, key, fractions)
+        assign[start : start + rows] = codes
+        for name, code in SPLIT_CODES.items():
+            counts[name].append(int(np.count_nonzero(codes == code)))
+        X, y = table.read(c)
+        if standardize:
+            moments.update(X[codes == 0])
+        else:
+            moments.n += int(np.count_nonzero(codes == 0))
+        if k:
+            for code in range(3):
+                classes[code] += np.bincount(y[codes == code], minlength=k)
+        if len(example) < EXAMPLE_ROWS:
+            example += X[codes == 2][: EXAMPLE_ROWS - len(example)].tolist()
+    rows = {name: sum(v) for name, v in counts.items()}
+    for name, n_rows in rows.items():
+        if fractions[SPLIT_CODES[name]] > 0 and n_rows == 0:
+            raise DataError(
+                f"split.{name} = {fractions[SPLIT_CODES[name]]:g} leaves an empty {name} split "
+                f"for {manifest['table']['path']} ({table.n} rows); use larger fractions or more data"
+            )
+    if k:
+        missing = [manifest["class_names"][i] for i in np.flatnonzero(classes[0] == 0)]
+        if missing:
+            raise DataError(
+                f"{manifest['table']['path']}: target column {manifest['target']!r}: class "
+                f"{missing[0]!r} has no row in the train split; remove or merge rare classes"
+            )
+    if standardize:
+        std = moments.std()
+        std[std == 0] = 1.0
+        mean = moments.mean
+    else:
+        mean, std = np.zeros(d), np.ones(d)
+    scaler = {
+        "standardize": bool(standardize),
+        "x_scale": 1.0,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
+    # The transform of the logged model: numbers in, nothing imputed (the streaming
+    # mode refuses empty cells); a cell left empty at prediction time takes the mean.
+    encoder = {
+        "missing": "error",
+        "numeric": [{"name": f, "fill": float(m)} for f, m in zip(table.features, moments.mean if standardize else np.zeros(d), strict=True)],
+        "categorical": [],
+    }  # fmt: skip
+    transform = table_transform(
+        manifest["table"], encoder, table.features, manifest["class_names"], scaler
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "assign.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, assign)
+    write_json(out / "scaler.json", scaler)
+    write_json(out / "transform.json", transform)
+    bools = {c["name"] for c in manifest["table"]["inputs"] if c["kind"] == "bool"}
+    example_cols = [[bool(v) if f in bools else float(v) for f, v in zip(table.features, r, strict=True)] for r in example]  # fmt: skip
+    write_json(out / "example.json", {"columns": table.features, "data": example_cols})
+    doc = {
+        "manifest": manifest,
+        "split": {"seed": params.seed, "key": str(key), "fractions": list(fractions), "scheme": "splitmix64(key ^ row) / 2^64"},
+        "rows": rows,
+        "chunk_counts": counts,
+        "class_counts": {name: classes[code].tolist() for name, code in SPLIT_CODES.items()} if k else None,
+    }  # fmt: skip
+    write_json(out / "stream.json", doc)
+    log.info(
+        "split %s: streamed, train/val/test = %d/%d/%d, one pass in %.1f s; %s",
+        dataset, rows["train"], rows["val"], rows["test"], time.perf_counter() - t0,
+        memory_line(),
+    )  # fmt: skip

@@ -75,6 +75,74 @@ def _lr_bound(X, cfg, n_classes: int, dataset: str, derived: dict) -> float | No
     return bound
 
 
+VAL_SHARE = 8  # streamed: validation rows held in memory take at most budget / this
+
+
+def _stream_inputs(data: Path, cfg, task: str, device: str, rank: int, world: int, dataset: str):
+    """(StreamBatches of this rank's train rows, val X, val y (in memory, up to
+    budget / VAL_SHARE), meta) of a streamed table."""
+    from linflow.core.chunks import StreamSplit
+    from linflow.core.errors import ConfigError
+    from linflow.training.stream import StreamBatches
+
+    if cfg.impl != "torch":
+        raise ConfigError(
+            f"params.yaml: datasets.{dataset}.train.impl = {cfg.impl!r}: streamed tables train "
+            "with impl 'torch' (its full-batch gradient sums over chunks, and ranks all-reduce it)"
+        )
+    split = StreamSplit(data)
+    n = split.rows("train")
+    _check_batch_size(cfg, task, n, dataset)
+    if cfg.batch_size != "full" and cfg.batch_size % world:
+        raise ConfigError(
+            f"params.yaml: train.{task}.batch_size = {cfg.batch_size} must be divisible by "
+            f"datasets.{dataset}.train.processes = {world} (each rank takes batch_size / processes rows)"
+        )
+    row = split.row_bytes()
+    X_val, y_val = split.cache("val", max(1, split.budget // VAL_SHARE // row))
+    if X_val.shape[0] < split.rows("val"):
+        log.info(
+            "train %s: validation loss on the first %d of %d val rows (data.budget_mb / %d)",
+            dataset, X_val.shape[0], split.rows("val"), VAL_SHARE,
+        )  # fmt: skip
+    import torch
+
+    source = StreamBatches(
+        split.counts["train"],
+        lambda c: split.read(c, ("train",))["train"],
+        cfg.batch_size,
+        cfg.seed,
+        # The buffer (and its shuffled copy) take at most a quarter of the budget.
+        buffer_rows=split.budget // 8 // row,
+        rank=rank,
+        world=world,
+        device=device,
+        target=torch.int64 if task == "classification" else torch.float32,
+    )
+    meta = {
+        "task": split.task,
+        "class_names": split.class_names,
+        "feature_names": split.feature_names,
+    }
+    return source, X_val, y_val.astype(np.int64 if task == "classification" else np.float32), meta
+
+
+def _in_torchrun() -> bool:
+    import os
+
+    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 1
+
+
+def _collectives(world: int, timeout_s: float):
+    import contextlib
+
+    if world == 1:
+        return contextlib.nullcontext()
+    from linflow.training.distributed import collective
+
+    return collective("training", timeout_s)
+
+
 def _transform(data: Path, meta: dict, class_names: list[str]) -> dict:
     """A table's transform.json as split fitted it; for a built-in set, its scaler."""
     from linflow.core.artifacts import array_transform
@@ -114,16 +182,30 @@ def _with_progress(log_epoch, dataset: str, epochs: int):
 
 def run(args, params) -> None:
     from linflow.core.artifacts import check_task, load_split
+    from linflow.core.chunks import is_stream
 
     ds = params.dataset(args.dataset)
     cfg = params.train_config(args.dataset)
     data = Path(args.data or f"data/prepared/{args.dataset}")
     model_dir = Path(args.model or f"models/{args.dataset}")
     reports = Path(args.reports or f"reports/{args.dataset}")
-    X, y, meta = load_split(data, "train")
-    X_val, y_val, _ = load_split(data, "val")
-    check_task(data, str(meta["task"]), args.dataset, ds.task)
-    _check_batch_size(cfg, ds.task, X.shape[0], args.dataset)
+    stream = is_stream(data)
+    rank, world = 0, 1
+    if cfg.processes > 1 or _in_torchrun():
+        from linflow.launch import torchrun
+
+        if not stream:
+            from linflow.core.errors import ConfigError
+
+            raise ConfigError(
+                f"params.yaml: datasets.{args.dataset}.train.processes = {cfg.processes}: "
+                "several processes train streamed tables only (a table entry with "
+                "data.stream: true); use 1"
+            )
+        if not _in_torchrun():
+            torchrun.launch(args, cfg.processes, params.train.timeout_s)
+            return
+        rank, world = torchrun.join(params.train.device, params.train.timeout_s)
     _check_device(params.train.device)
 
     import torch
@@ -142,23 +224,56 @@ def run(args, params) -> None:
     from linflow.training import fit, make_engine
 
     torch.set_num_threads(params.train.threads)
-    class_names = [str(c) for c in meta["class_names"]]
-    n, d = X.shape
-    k = len(class_names) if ds.task == "classification" else 1
-    derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
-    lr_bound = _lr_bound(X, cfg, len(class_names), args.dataset, derived)
-    derived["n_params"] = k * d + k
-
     device = params.train.device
     if device == "cuda":
         from linflow.training.cuda import deterministic
 
         deterministic()
     target = np.int64 if ds.task == "classification" else np.float32
-    Xt, Xv = torch.from_numpy(X).to(device), torch.from_numpy(X_val).to(device)
-    yt = torch.from_numpy(y.astype(target)).to(device)
+    batches, allreduce = None, None
+    if stream:
+        batches, X_val, y_val, meta = _stream_inputs(
+            data, cfg, ds.task, device, rank, world, args.dataset
+        )
+        check_task(data, meta["task"], args.dataset, ds.task)
+        n, d = batches.n, X_val.shape[1]
+        X = None
+        data_file = data / "stream.json"
+    else:
+        X, y, meta = load_split(data, "train")
+        X_val, y_val, _ = load_split(data, "val")
+        check_task(data, str(meta["task"]), args.dataset, ds.task)
+        _check_batch_size(cfg, ds.task, X.shape[0], args.dataset)
+        n, d = X.shape
+        data_file = data / "train.npz"
+    class_names = [str(c) for c in meta["class_names"]]
+    k = len(class_names) if ds.task == "classification" else 1
+    derived: dict[str, object] = {"n_train": n, "n_val": X_val.shape[0], "n_features": d}
+    if stream:
+        derived.update(streamed=True, processes=world)
+    # (streamed: the bound of the validation rows held in memory, a sample of the rows)
+    lr_bound = _lr_bound(
+        X if X is not None else X_val, cfg, len(class_names), args.dataset, derived
+    )
+    derived["n_params"] = k * d + k
+
+    Xv = torch.from_numpy(X_val).to(device)
     yv = torch.from_numpy(y_val.astype(target)).to(device)
+    if X is not None:
+        Xt = torch.from_numpy(X).to(device)
+        yt = torch.from_numpy(y.astype(target)).to(device)
+    else:
+        Xt = yt = None
     engine = make_engine(cfg.impl, ds.task, d, len(class_names), cfg, device=device)
+    if world > 1:
+        from linflow.training import distributed
+
+        engine.sync = distributed.grad_sync(world)
+        allreduce = distributed.allreduce_sum
+    if rank != 0:  # the others train in step with rank 0, which alone writes and logs
+        with _collectives(world, params.train.timeout_s):
+            fit(engine, None, None, Xv, yv, cfg, stream=batches, allreduce=allreduce)
+        return
 
     weights_path = model_dir / "model.safetensors"
     view = tracking.run_view(params, args.dataset)
@@ -174,7 +289,7 @@ def run(args, params) -> None:
     tags = {
         "linflow.dataset": args.dataset,
         tracking.KIND_TAG: "training",
-        "linflow.data_md5": file_md5(data / "train.npz"),
+        "linflow.data_md5": file_md5(data_file),
         "linflow.threads": str(params.train.threads),
         "linflow.device": params.train.device,
         "linflow.version": tracking.version("linflow"),
@@ -186,13 +301,20 @@ def run(args, params) -> None:
         tags["linflow.changed"] = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
     with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
         t0 = time.perf_counter()
-        result = fit(
-            engine, Xt, yt, Xv, yv, cfg,
-            on_epoch=_with_progress(run.log_epoch, args.dataset, cfg.epochs),
-            lr_bound=lr_bound,
-            record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
-        )  # fmt: skip
+        with _collectives(world, params.train.timeout_s):
+            result = fit(
+                engine, Xt, yt, Xv, yv, cfg,
+                on_epoch=_with_progress(run.log_epoch, args.dataset, cfg.epochs),
+                lr_bound=lr_bound,
+                record_every=max(1, -(-cfg.epochs // TRAJECTORY_POINTS)),
+                stream=batches, allreduce=allreduce,
+            )  # fmt: skip
         seconds = time.perf_counter() - t0
+        if stream:
+            from linflow.core.chunks import memory_line
+
+            log.info("train %s: streamed%s; %s", args.dataset,
+                     f" in {world} processes" if world > 1 else "", memory_line())  # fmt: skip
         metric = next(m for m in result.history[0] if m.startswith("val_") and m != "val_loss")
         last = result.history[-1]
         per_epoch = float(np.median(result.seconds_per_epoch))

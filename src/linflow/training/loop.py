@@ -72,6 +72,9 @@ class TorchEngine:
     ):
         self.model = model
         self.loss_fn = _LOSSES[loss]
+        # Data-parallel ranks: called on the parameters after every backward pass
+        # (all-reduce of their gradients: linflow.training.distributed); None: one process.
+        self.sync: Callable[[list[torch.Tensor], bool], None] | None = None
         self.squeeze = model.task == "regression"
         lin = model.linear
         # Weight decay on the weights only: the bias (intercept) is not shrunk,
@@ -93,8 +96,29 @@ class TorchEngine:
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(X), y)
         loss.backward()
+        if self.sync is not None:
+            self.sync(self.params, True)  # each rank's mean: the global mean is their average
         self.opt.step()
         return loss.detach()
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        lin = self.model.linear
+        return [lin.weight, lin.bias]
+
+    def accumulate(self, X: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+        """Add the gradient of (sum of the rows' losses) / n to the parameters' .grad
+        (a full-batch gradient over chunks of n rows in all); returns that sum."""
+        loss = self.loss_fn(self.model(X), y, reduction="sum")
+        (loss / n).backward()
+        return loss.detach()
+
+    def apply(self) -> None:
+        """One step with the accumulated gradient (all-reduced first), then clear it."""
+        if self.sync is not None:
+            self.sync(self.params, False)  # sums over each rank's rows / n: add them
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def outputs(self, X: torch.Tensor) -> torch.Tensor:
@@ -322,6 +346,26 @@ class _Augment:
         return out
 
 
+def _stream_epoch(engine, stream, drop, augment, threshold: float) -> tuple[torch.Tensor, int]:
+    """One epoch over a streamed split: (sum of the rows' losses, rows stepped on)."""
+    if stream.full:
+        total = torch.zeros((), dtype=torch.float64)
+        for Xc, yc in stream.chunks_of_epoch():
+            total += engine.accumulate(drop(augment(Xc)), yc, stream.n).double().cpu()
+        engine.apply()
+        if threshold:
+            soft_threshold_(engine.weight, threshold)
+        return total, stream.n
+    total, seen = torch.zeros((), dtype=torch.float64), 0
+    for Xb, yb in stream.batches():
+        loss = engine.step(drop(augment(Xb)), yb)
+        if threshold:
+            soft_threshold_(engine.weight, threshold)
+        total += loss.double().cpu() * yb.shape[0]
+        seen += yb.shape[0]
+    return total, seen
+
+
 def fit(
     engine,
     X: torch.Tensor,
@@ -333,6 +377,8 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     lr_bound: float | None = None,
     record_every: int = 0,
+    stream=None,
+    allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `engine` by minibatch SGD for cfg.epochs (early stopping if cfg.patience).
 
@@ -340,12 +386,15 @@ def fit(
     cfg.batch_size 'full' (or >= n) takes one full-batch gradient step per epoch.
     With `record_every` = r > 0 the parameters after every r-th epoch (and the
     initial and last ones) are kept in the result.
+    `stream` (linflow.training.stream.StreamBatches): the train rows come from it,
+    chunk by chunk (X, y are None); `allreduce` sums a float64 tensor over ranks
+    (the train loss each rank saw), with the engine's ``sync`` doing the gradients.
     Raises DivergenceError on a non-finite loss, or a validation loss BLOWUP times
     its value before training.
     """
-    n = X.shape[0]
+    n = stream.n if stream is not None else X.shape[0]
     bs = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
-    device = X.device  # the engine's parameters live there too (make_engine)
+    device = X_val.device  # the engine's parameters live there too (make_engine)
     metric = "val_accuracy" if cfg.loss == "cross_entropy" else "val_rmse"
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -362,8 +411,8 @@ def fit(
     # GPU run differs from the CPU one by rounding only.
     sizes = torch.tensor(np.diff(starts), dtype=torch.float64, device=device)
     drop = _InputDropout(getattr(cfg, "dropout", 0.0), cfg.seed, device)
-    augment = _Augment(cfg, X.shape[1], device)
-    pool = augment.pool(X)  # (n or 2n, d): with flip, the mirrored rows below X's
+    augment = _Augment(cfg, X_val.shape[1], device)
+    pool = augment.pool(X) if X is not None else None  # (n or 2n, d): with flip, X's mirror below
     # Full batch: the same rows every epoch (with flip, the first half mirrored).
     full = (
         pool.index_select(0, augment.rows(torch.arange(n, device=device), n)) if augment.flip else X
@@ -377,13 +426,21 @@ def fit(
     # those step eagerly)
     eager = drop.p or l1 or augment.active
     graph = (
-        EpochGraph(engine, X, y, starts) if graph_capturable(engine, X, bs) and not eager else None
+        EpochGraph(engine, X, y, starts)
+        if stream is None and graph_capturable(engine, X, bs) and not eager
+        else None
     )
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = lr_at(cfg, epoch)
         engine.set_lr(lr)
-        if bs == n:
+        if stream is not None:
+            total, seen = _stream_epoch(engine, stream, drop, augment, lr * l1)
+            if allreduce is not None:
+                both = allreduce(torch.tensor([float(total), float(seen)], dtype=torch.float64))
+                total, seen = both[0], float(both[1])
+            n_epoch = seen  # the rows stepped on this epoch (ranks skip a few: see stream.py)
+        elif bs == n:
             # Full batch: the gradient is a mean over all rows, so the order is moot;
             # skipping the shuffle and the copy keeps thousands of epochs cheap.
             total = engine.step(drop(augment(full)), y).double() * n
@@ -404,7 +461,7 @@ def fit(
                     if l1:
                         soft_threshold_(engine.weight, lr * l1)
             total = losses @ sizes
-        train_loss = float(total) / n
+        train_loss = float(total) / (n_epoch if stream is not None else n)
         val_loss, val_metric = _val_scores(engine, X_val, y_val, cfg.loss)
         seconds.append(time.perf_counter() - t0)
         hint = (
