@@ -17,7 +17,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 # The process shell: how a stage starts, not what it computes (see dvc.yaml's header).
-SHELL = {"linflow", "linflow.cli", "linflow.stages", "linflow.launch", "linflow.launch.worker"}
+SHELL = {
+    "linflow", "linflow.cli", "linflow.stages", "linflow.launch", "linflow.launch.worker",
+    "linflow.launch.torchrun",  # starts the train stage as torchrun ranks
+}  # fmt: skip
 
 
 def _file(module: str) -> Path | None:

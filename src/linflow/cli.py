@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"linflow{tag} %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    if tag and os.environ.get("RANK") != "0":  # ranks > 0 say only what goes wrong
+        logging.getLogger("linflow").setLevel(logging.WARNING)
     for noisy in ("alembic", "mlflow", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)

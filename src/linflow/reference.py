@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -415,6 +415,43 @@ def compare_to_reference(
             axis=1
         )
         out["agreement"] = float(np.mean(same))
+    return out
+
+
+def compare_streamed(
+    task: str,
+    loss: str,
+    weight_decay: float,
+    ours: tuple[np.ndarray, np.ndarray],
+    ref: tuple[np.ndarray, np.ndarray],
+    train: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    test: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    k: int,
+    l1: float = 0.0,
+) -> dict:
+    """linflow.reference.compare_to_reference's document, with train and test streamed
+    (one pass each): the same keys, the same gaps."""
+    from linflow.streaming import objective_streamed, test_streamed
+
+    W, b = _comparable(task, *ours)
+    Wr, br = _comparable(task, *ref)
+    if W.shape != Wr.shape:
+        raise ValueError(f"weight shapes differ: ours {W.shape}, reference {Wr.shape}")
+    (loss_ours, obj_ours), (loss_ref, obj_ref) = objective_streamed(
+        train(), task, k, [ours, ref], loss, weight_decay, l1
+    )
+    gap = obj_ours - obj_ref
+    rel_gap = gap / obj_ref if obj_ref > 0 else (0.0 if gap == 0 else math.inf)
+    (m_ours, m_ref), agreement = test_streamed(test(), task, k, [ours, ref])
+    out = {
+        "weight_rel_l2": relative_l2(W, Wr),
+        "bias_abs_diff": float(np.max(np.abs(b - br))),
+        "train_loss": {"ours": loss_ours, "reference": loss_ref, "gap": loss_ours - loss_ref},
+        "train_objective": {"ours": obj_ours, "reference": obj_ref, "gap": gap, "rel_gap": rel_gap},
+        "test": {"ours": m_ours, "reference": m_ref, "delta": {k_: m_ours[k_] - m_ref[k_] for k_ in m_ours}},
+    }  # fmt: skip
+    if task == "classification":
+        out["agreement"] = agreement
     return out
 
 

@@ -78,14 +78,16 @@ def launch(args, processes: int, timeout_s: float) -> None:
     for line in other:
         log.debug("torchrun: %s", line)
     _close_dead_runs()
-    if errors:
-        rank, message = errors[0]
-        raise DistributedError(f"rank {rank} of {processes} failed: {message}")
-    rank, exit_code = _root_cause(other)
-    how = _exit_words(exit_code)
+    rank, exit_code = _root_cause(other)  # torchrun's first observed failure
+    said = dict(errors)  # rank -> its own error line
+    if rank == "?" and errors:
+        rank = str(errors[0][0])
+    if rank.isdigit() and int(rank) in said:
+        raise DistributedError(f"rank {rank} of {processes} failed: {said[int(rank)]}")
+    others = "; ".join(f"rank {r}: {m}" for r, m in errors)
     raise DistributedError(
-        f"rank {rank} of {processes} {how}; torchrun stopped the others (exit {code}); "
-        "nothing was written"
+        f"rank {rank} of {processes} {_exit_words(exit_code)}; torchrun stopped the others "
+        f"(exit {code}), nothing was written" + (f" ({others})" if others else "")
     )
 
 

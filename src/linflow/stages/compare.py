@@ -139,9 +139,7 @@ def run(args, params) -> None:
     card, ref, model_dir, ours, theirs, train, test, split = _inputs(args, ds.task)
     l1 = card.train.get("l1", 0.0)
     if split is not None:
-        from linflow.streaming import compare_streamed
-
-        result = compare_streamed(
+        result = reference.compare_streamed(
             ds.task, card.loss, card.train["weight_decay"], ours, theirs,
             lambda: split.iter("train"), lambda: split.iter("test"), len(split.class_names), l1,
         )  # fmt: skip

@@ -25,7 +25,7 @@ def run(args, params) -> None:
     out = args.out or f"data/raw/{args.dataset}.npz"
     cfg = params.dataset(args.dataset)
     if cfg.source == "table":
-        from linflow.core.chunks import wants_stream
+        from linflow.datasets.table_stream import wants_stream
 
         if wants_stream(cfg):
             _prepare_stream(args.dataset, cfg, out)
@@ -47,8 +47,9 @@ def _prepare_stream(dataset: str, cfg, out: str) -> None:
 
     import numpy as np
 
-    from linflow.core.chunks import memory_line, prepare_manifest
+    from linflow.core.chunks import memory_line
     from linflow.core.storage import save_npz
+    from linflow.datasets.table_stream import prepare_manifest
 
     t0 = time.perf_counter()
     manifest = prepare_manifest(cfg, dataset)
