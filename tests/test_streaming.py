@@ -76,7 +76,10 @@ def _train(task, X, y, Xv, yv, cfg, stream=None):
     k = int(y.max()) + 1 if task == "classification" else 1
     engine = make_engine("torch", task, X.shape[1], k, cfg)
     target = torch.int64 if task == "classification" else torch.float32
-    t = (lambda a, dt=torch.float32: torch.from_numpy(np.ascontiguousarray(a)).to(dt))
+
+    def t(a, dt=torch.float32):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dt)
+
     Xt, yt = (None, None) if stream else (t(X), t(y, target))
     return fit(engine, Xt, yt, t(Xv), t(yv, target), cfg, stream=stream)
 

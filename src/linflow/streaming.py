@@ -259,6 +259,7 @@ def fit_softmax_streamed(
     max_seconds: float | None = None,
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, bool, str | None]:
     """The minimiser of J = mean CE + (wd / 2)||W||^2 (bias unpenalised) by L-BFGS.
 
@@ -269,9 +270,19 @@ def fit_softmax_streamed(
     summing the per-rank sums. Stops when max |grad J| <= tol * max(wd, 1/n) (the
     scale of scikit-learn's gradient test on C sum CE + ||W||^2 / 2, divided by C n),
     after `max_iter` iterations, or once `max_seconds` have passed.
-    Returns (W centred across classes (k, d), b centred (k,), iterations, converged,
-    stopped_by).
+    `sample` (rows held in memory, e.g. the first row groups): L-BFGS first solves the
+    same objective on them, no pass over the table, and the streamed iterations start
+    from that solution, near the optimum (the objective is strictly convex with wd > 0:
+    the start changes how many passes it takes, not where it ends).
+    Returns (W centred across classes (k, d), b centred (k,), streamed iterations,
+    converged, stopped_by).
     """
+    theta0 = np.zeros(k * d + k)
+    if sample is not None and sample[0].shape[0]:
+        Ws, bs, *_ = fit_softmax_streamed(
+            lambda: [sample], sample[0].shape[0], d, k, weight_decay, max_iter, tol, max_seconds
+        )
+        theta0 = np.concatenate([Ws.ravel(), bs])
     from scipy.optimize import minimize
 
     size = k * d + k
@@ -308,7 +319,7 @@ def fit_softmax_streamed(
 
     res = minimize(
         fun,
-        np.zeros(size),
+        theta0,
         jac=True,
         method="L-BFGS-B",
         callback=callback,

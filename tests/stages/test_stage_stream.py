@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from tests.stages.conftest import CHAIN
 
 ROWS, GROUP = 30_000, 8_000

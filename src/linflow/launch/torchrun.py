@@ -92,14 +92,20 @@ def launch(args, processes: int, timeout_s: float) -> None:
 
 
 def _root_cause(lines: list[str]) -> tuple[str, int | None]:
-    rank, code = "?", None
+    """(rank, exit code) of the failure that started it, from torchrun's summary: not a
+    rank that torchrun itself stopped (SIGTERM: exit 143 from linflow, -15 raw)."""
+    found: list[tuple[str, int]] = []
+    rank = None
     for line in lines:
         if m := _ROOT_RANK.match(line):
             rank = m.group(1)
-        elif (m := _EXIT.match(line)) and rank != "?":
-            code = int(m.group(1))
-            break
-    return rank, code
+        elif (m := _EXIT.match(line)) and rank is not None:
+            found.append((rank, int(m.group(1))))
+            rank = None
+    for rank, code in found:
+        if code not in (143, -signal.SIGTERM):
+            return rank, code
+    return found[0] if found else ("?", None)
 
 
 def _exit_words(code: int | None) -> str:

@@ -118,6 +118,7 @@ def _stream_inputs(data: Path, cfg, task: str, device: str, rank: int, world: in
         world=world,
         device=device,
         target=torch.int64 if task == "classification" else torch.float32,
+        epochs=cfg.epochs,
     )
     meta = {
         "task": split.task,
@@ -131,6 +132,13 @@ def _in_torchrun() -> bool:
     import os
 
     return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 1
+
+
+def _closing(batches):
+    """Stops the streamed batches' reading thread when training ends (or fails)."""
+    import contextlib
+
+    return contextlib.closing(batches) if batches is not None else contextlib.nullcontext()
 
 
 def _collectives(world: int, timeout_s: float):
@@ -271,7 +279,7 @@ def run(args, params) -> None:
         engine.sync = distributed.grad_sync(world)
         allreduce = distributed.allreduce_sum
     if rank != 0:  # the others train in step with rank 0, which alone writes and logs
-        with _collectives(world, params.train.timeout_s):
+        with _collectives(world, params.train.timeout_s), _closing(batches):
             fit(engine, None, None, Xv, yv, cfg, stream=batches, allreduce=allreduce)
         return
 
@@ -301,7 +309,7 @@ def run(args, params) -> None:
         tags["linflow.changed"] = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
     with tracking.TrainingRun(args.dataset, run_name, run_params, tags) as run:
         t0 = time.perf_counter()
-        with _collectives(world, params.train.timeout_s):
+        with _collectives(world, params.train.timeout_s), _closing(batches):
             result = fit(
                 engine, Xt, yt, Xv, yv, cfg,
                 on_epoch=_with_progress(run.log_epoch, args.dataset, cfg.epochs),

@@ -59,6 +59,7 @@ class StreamBatches:
         simulate: bool = False,
         device: str | torch.device = "cpu",
         target: torch.dtype = torch.float32,
+        epochs: int | None = None,
     ) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.read = read
@@ -73,6 +74,9 @@ class StreamBatches:
         self.chunk_gen = torch.Generator().manual_seed(seed + CHUNK_SEED)
         self.gens = [torch.Generator().manual_seed(seed) for _ in range(world if simulate else 1)]
         self.chunks = [c for c in range(self.counts.size) if self.counts[c] > 0]
+        self.epochs_left = epochs  # None: unknown, no read-ahead across epochs
+        self._pool = None  # the reading thread
+        self._next = None  # the next epoch's plan, its first fill already being read
 
     # --- the epoch's plan -----------------------------------------------------------------
 
@@ -93,28 +97,93 @@ class StreamBatches:
 
     # --- rows -------------------------------------------------------------------------------
 
+    def _groups(self, share: list[int]) -> list[list[int]]:
+        """The share's chunks cut into buffer fills: consecutive chunks until their train
+        rows reach buffer_rows (known from the counts before reading anything)."""
+        groups: list[list[int]] = []
+        rows = self.buffer_rows
+        for c in share:
+            if rows >= self.buffer_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(c)
+            rows += int(self.counts[c])
+        return groups
+
+    def _read(self, group: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        return [(c, *self._tensors(c)) for c in group]
+
+    def _read_ahead(self, groups: list[list[int]], first=None, then=None) -> Iterator[list[tuple[int, torch.Tensor, torch.Tensor]]]:  # fmt: skip
+        """Each group's chunks [(c, X, y)], the next group read on a thread while the
+        caller trains on this one (Parquet decoding releases the GIL), so an epoch costs
+        about the larger of reading and training, not their sum. `first`: the first
+        group's read, already submitted; `then()`: called as the last group is handed
+        out (it starts reading the next epoch's first fill). One fill ahead: memory
+        holds two buffers."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="linflow-read")
+        ahead = first if first is not None else self._pool.submit(self._read, groups[0])
+        for i in range(len(groups)):
+            held = ahead.result()
+            if i + 1 < len(groups):
+                ahead = self._pool.submit(self._read, groups[i + 1])
+            elif then is not None:
+                then()
+            yield held
+            del held
+
+    def close(self) -> None:
+        """Let a read of an epoch that will not run finish, and stop the reading thread."""
+        if self._next is not None:
+            self._next[-1].result()
+            self._next = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _plan(self, full: bool) -> tuple:
+        """(groups of this rank, steps per rank, first fill's read or None) of an epoch."""
+        if self._next is not None:
+            plan, self._next = self._next, None
+            return plan
+        order = self.order()
+        shares = self.shares(order)
+        share = order if full and (self.simulate or self.world == 1) else shares[self.rank]
+        groups = [[c] for c in share] if full else self._groups(share)
+        return groups, (shares if self.simulate else None), self.steps(shares), None
+
+    def _ahead(self, full: bool):
+        """then() for _read_ahead: plan the next epoch now (the chunk order draws the same
+        numbers whenever it is drawn) and start reading its first fill."""
+        if self.epochs_left is not None:
+            self.epochs_left -= 1
+        if self.simulate or not self.epochs_left:
+            return None
+
+        def start() -> None:
+            groups, shares, steps, _ = self._plan(full)
+            self._next = (groups, shares, steps, self._pool.submit(self._read, groups[0]))
+
+        return start
+
     def _tensors(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         X, y = self.read(c)
         return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64 if self.target == torch.int64 else np.float32))  # fmt: skip
 
-    def _rank_batches(self, share: list[int], steps: int | None, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """One rank's batches of an epoch from its chunks (see the module's scheme)."""
-        held: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    def _rank_batches(self, groups: list[list[int]], steps: int | None, gen: torch.Generator, fills=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """One rank's batches of an epoch from its buffer fills (see the module's scheme)."""
         carry: tuple[torch.Tensor, torch.Tensor] | None = None
-        rows, done = 0, 0
-        pending = list(share)
-        while pending or held:
-            while pending and (rows < self.buffer_rows or not held):
-                c = pending.pop(0)
-                X, y = self._tensors(c)
-                held.append((c, X, y))
-                rows += X.shape[0]
-            final = not pending
+        done = 0
+        for g, held in enumerate(fills if fills is not None else self._read_ahead(groups)):
+            final = g == len(groups) - 1
             held.sort(key=lambda t: t[0])  # file order: a whole split is the in-memory one
             parts = ([carry] if carry is not None else []) + [(X, y) for _, X, y in held]
             X = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
             y = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-            held, rows, carry = [], 0, None
+            del held, parts
+            carry = None
             m = X.shape[0]
             perm = torch.randperm(m, generator=gen)
             if final and steps is None:
@@ -137,25 +206,31 @@ class StreamBatches:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's (X, y) batches for this rank; simulated: the global batches."""
-        order = self.order()
-        shares = self.shares(order)
-        steps = self.steps(shares)
+        groups, shares, steps, first = self._plan(False)
         if not self.simulate:
-            share = shares[self.rank]
-            for Xb, yb in self._rank_batches(share, steps, self.gens[0]):
-                yield Xb.to(self.device), yb.to(self.device)
+            fills = self._read_ahead(groups, first, self._ahead(False))
+            for Xb, yb in self._rank_batches(groups, steps, self.gens[0], fills):
+                yield self._to_device(Xb), self._to_device(yb)
             return
-        streams = [self._rank_batches(shares[r], steps, self.gens[r]) for r in range(self.world)]
+        streams = [
+            self._rank_batches(self._groups(shares[r]), steps, self.gens[r]) for r in range(self.world)
+        ]  # fmt: skip
         for parts in zip(*streams, strict=False):
             yield (
-                torch.cat([p[0] for p in parts]).to(self.device),
-                torch.cat([p[1] for p in parts]).to(self.device),
+                self._to_device(torch.cat([p[0] for p in parts])),
+                self._to_device(torch.cat([p[1] for p in parts])),
             )
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """On the CPU, the tensor itself; on CUDA, copied from pinned memory without
+        blocking, so the copy of the next batch overlaps the kernels of this one."""
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def chunks_of_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Full batch: this rank's chunks (all of them, simulated), in this epoch's order."""
-        order = self.order()
-        share = order if self.simulate or self.world == 1 else self.shares(order)[self.rank]
-        for c in share:
-            X, y = self._tensors(c)
-            yield X.to(self.device), y.to(self.device)
+        groups, _, _, first = self._plan(True)
+        for held in self._read_ahead(groups, first, self._ahead(True)):
+            for _, X, y in held:
+                yield self._to_device(X), self._to_device(y)
