@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server serve bench bench-tables bench-models plots-vendor clean
+.PHONY: help setup pins fashion-data run table-example test test-fast test-ci verify portability lint format ui ui-links server serve bench bench-tables bench-models bench-stream plots-vendor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -141,6 +141,9 @@ bench-tables: setup ## table benchmark (1M-row CSV, Parquet; ~3 min): prepare + 
 
 bench-models: setup fashion-data ## MLflow Model costs (after make run; ~4 min): log+register, share of a cold repro, predict vs pandas, served latency, to benchmarks/results/models.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) benchmarks/bench_models.py --reps 5
+
+bench-stream: setup ## streamed tables (~12 min, ~3 GB in data/cache/bench): epoch and reference vs in memory and pyarrow; dvc repro of 20M rows in a 2 GiB cgroup; to benchmarks/results/stream.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) benchmarks/bench_stream.py --reps 3
 
 plots-vendor: setup ## re-fetch the Vega libraries `dvc plots show` inlines (.dvc/plots/; needs npm)
 	$(PY) .dvc/plots/vendor.py

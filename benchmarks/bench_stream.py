@@ -137,7 +137,7 @@ def speed(rows: int, reps: int) -> dict:
             if streamed:
                 stream = StreamBatches(
                     split.counts["train"], lambda c: split.read(c, ("train",))["train"], batch,
-                    0, split.budget // 8 // split.row_bytes(), epochs=cfg.epochs,
+                    0, split.budget // 8 // split.row_bytes(), epochs=cfg.epochs, features=32,
                 )  # fmt: skip
                 try:
                     res = fit(engine, None, None, Xvt, yvt, cfg, stream=stream)
@@ -267,8 +267,9 @@ def memory(rows: int, limit_mb: int) -> dict:
         entry = {
             "source": "table", "path": str(table), "task": "regression", "standardize": True,
             "data": {"target": "y", "stream": True, "budget_mb": 1024},
+            "split": {"train": None, "val": None, "test": None},
             # Full batch at lr 0.45: the standardised columns are independent (Hessian ~2 I).
-            "train": {"lr": 0.45, "epochs": 6},
+            "train": {**params["datasets"]["line"]["train"], "lr": 0.45, "epochs": 6},
         }  # fmt: skip
         params["datasets"] = {"big": entry}
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -145,3 +145,21 @@ def test_streamed_metrics_and_gate_are_the_in_memory_ones(streamed, name):
     if split.task == "regression":
         y_hat = metrics.predict_linear(rows["test"][0], *_model(streamed.root, name))[:, 0]
         assert float(lines[1].split(",")[1]) == y_hat[0]
+
+
+def test_what_streaming_does_not_do_is_one_line(streamed, make_params, run_stage, monkeypatch):
+    from linflow.core.errors import ConfigError
+
+    monkeypatch.chdir(streamed.root)
+    base = {
+        "datasets.reg": {"source": "table", "path": "reg.parquet", "task": "regression",
+                         "standardize": True, "data": {"target": "y", "stream": True}},
+    }  # fmt: skip
+    cases = [
+        ({"datasets.reg.train": {"impl": "scratch"}}, "reg", "streamed tables train with impl 'torch'"),  # fmt: skip
+        ({"datasets.line.train.processes": 2}, "line", "several processes train streamed tables only"),  # fmt: skip
+    ]
+    for edits, name, message in cases:
+        params = make_params({**base, **edits})
+        with pytest.raises(ConfigError, match=message):
+            run_stage("train", params, name)

@@ -219,6 +219,14 @@ def is_stream(data_dir: Path) -> bool:
     return (Path(data_dir) / "stream.json").is_file()
 
 
+def train_file(data_dir: Path) -> Path:
+    """The file whose md5 names a prepared dataset's train rows in MLflow tags
+    (linflow.data_md5): train.npz, or a streamed table's stream.json (its files' md5s
+    and the split's key)."""
+    data_dir = Path(data_dir)
+    return data_dir / ("stream.json" if is_stream(data_dir) else "train.npz")
+
+
 def raw_manifest(path: Path) -> dict | None:
     """The manifest in data/raw/<ds>.npz, None for an in-memory dataset (or no file:
     the in-memory reader says what is wrong). Reads only that member of the npz."""

@@ -195,6 +195,10 @@ def run(args, params) -> None:
         + ("" if c["passed"] is None else (" ok" if c["passed"] else " FAIL"))
         for n, c in checks.items()
     )
+    if split is not None:
+        from linflow.core.chunks import memory_line
+
+        summary += f"; streamed, {memory_line()}"
     log.info("compare %s vs %s: %s", args.dataset, ref.primary, summary)
     if ds.task == "regression":  # how well the model class fits: under- vs overfitting
         if split is not None:

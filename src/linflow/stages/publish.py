@@ -124,7 +124,9 @@ def _training(dataset: str, params, args) -> _Run:
         "sklearn.version": tracking.version("scikit-learn"),
         "mlflow.version": tracking.version("mlflow"),
     }
-    train_npz = Path(args.data) / dataset / "train.npz"
+    from linflow.core.chunks import train_file
+
+    train_npz = train_file(Path(args.data) / dataset)
     if train_npz.is_file():
         tags["linflow.data_md5"] = file_md5(train_npz)
     if changed:
@@ -185,7 +187,9 @@ def _reference(dataset: str, params, args) -> _Run:
         },
     }
     tags = {"linflow.dataset": dataset, "sklearn.version": tracking.version("scikit-learn")}
-    train_npz = Path(args.data) / dataset / "train.npz"
+    from linflow.core.chunks import train_file
+
+    train_npz = train_file(Path(args.data) / dataset)
     if train_npz.is_file():
         tags["linflow.data_md5"] = file_md5(train_npz)
     return _Run(

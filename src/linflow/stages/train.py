@@ -119,6 +119,7 @@ def _stream_inputs(data: Path, cfg, task: str, device: str, rank: int, world: in
         device=device,
         target=torch.int64 if task == "classification" else torch.float32,
         epochs=cfg.epochs,
+        features=len(split.feature_names),
     )
     meta = {
         "task": split.task,

@@ -60,6 +60,7 @@ class StreamBatches:
         device: str | torch.device = "cpu",
         target: torch.dtype = torch.float32,
         epochs: int | None = None,
+        features: int | None = None,
     ) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.read = read
@@ -77,6 +78,9 @@ class StreamBatches:
         self.epochs_left = epochs  # None: unknown, no read-ahead across epochs
         self._pool = None  # the reading thread
         self._next = None  # the next epoch's plan, its first fill already being read
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (stream, slot)
+        self._slots: dict[int, int] = {}  # the buffer each stream fills next
+        self.features = features  # the chunks' width (None: read from the first chunk)
 
     # --- the epoch's plan -----------------------------------------------------------------
 
@@ -110,41 +114,107 @@ class StreamBatches:
             rows += int(self.counts[c])
         return groups
 
-    def _read(self, group: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        return [(c, *self._tensors(c)) for c in group]
+    def _layout(self, groups: list[list[int]], steps: int | None) -> list[tuple[int, int]]:
+        """(rows carried in from the fill before, rows of the fill) of each fill: the
+        carry is what does not make a whole batch, known from the counts alone, so a
+        fill can be written to its place while the one before still trains."""
+        out, carry = [], 0
+        for i, group in enumerate(groups):
+            rows = int(self.counts[group].sum())
+            out.append((carry, rows))
+            final = i == len(groups) - 1
+            carry = 0 if final else (carry + rows) % self.batch
+        return out
 
-    def _read_ahead(self, groups: list[list[int]], first=None, then=None) -> Iterator[list[tuple[int, torch.Tensor, torch.Tensor]]]:  # fmt: skip
-        """Each group's chunks [(c, X, y)], the next group read on a thread while the
-        caller trains on this one (Parquet decoding releases the GIL), so an epoch costs
-        about the larger of reading and training, not their sum. `first`: the first
-        group's read, already submitted; `then()`: called as the last group is handed
-        out (it starts reading the next epoch's first fill). One fill ahead: memory
-        holds two buffers."""
+    def _buffer(self, key: tuple, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A persistent (X, y) buffer of at least `rows` rows: reused fill after fill, so
+        its pages are faulted in once, not every fill."""
+        buf = self._buffers.get(key)
+        if buf is None or buf[0].shape[0] < rows:
+            if self.features is None:  # learnt from a chunk, once
+                self.features = self._tensors(self.chunks[0])[0].shape[1]
+            buf = (
+                torch.empty((rows, self.features), dtype=torch.float32),
+                torch.empty((rows,), dtype=self.target),
+            )
+            self._buffers[key] = buf
+        return buf
+
+    def _fill(self, group: list[int], buf, at: int) -> int:
+        """Read `group`'s chunks in file order into buf from row `at` (the reading
+        thread); returns the row after the last."""
+        Xb, yb = buf
+        for c in sorted(group):  # file order: a whole split is the in-memory one
+            X, y = self._tensors(c)
+            Xb[at : at + X.shape[0]] = X
+            yb[at : at + X.shape[0]] = y
+            at += X.shape[0]
+        return at
+
+    def _pool_(self):
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="linflow-read")
-        ahead = first if first is not None else self._pool.submit(self._read, groups[0])
-        for i in range(len(groups)):
-            held = ahead.result()
-            if i + 1 < len(groups):
-                ahead = self._pool.submit(self._read, groups[i + 1])
+        return self._pool
+
+    def _submit_fill(self, stream: int, group: list[int], carry: int, rows: int):
+        """Start reading a fill into the next of the stream's two buffers: (future, buffer)."""
+        slot = self._slots.get(stream, 0)
+        self._slots[stream] = slot ^ 1
+        buf = self._buffer((stream, slot), carry + rows + self.batch)
+        return self._pool_().submit(self._fill, group, buf, carry), buf
+
+    def _rank_batches(self, groups: list[list[int]], steps: int | None, gen: torch.Generator, stream: int = 0, first=None, then=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """One rank's batches of an epoch from its buffer fills (see the module's scheme).
+
+        The next fill is read on a thread into the other buffer while this one trains
+        (Parquet decoding releases the GIL), so an epoch costs about the larger of
+        reading and training, not their sum; `first`: the first fill's read, already
+        started (the epoch before did); `then()`: called when the last fill is handed
+        out (it starts the next epoch's first)."""
+        layout = self._layout(groups, steps)
+        done = 0
+        ahead = first if first is not None else self._submit_fill(stream, groups[0], *layout[0])
+        for g in range(len(groups)):
+            future, (Xbuf, ybuf) = ahead
+            m = future.result()
+            final = g == len(groups) - 1
+            if not final:
+                ahead = self._submit_fill(stream, groups[g + 1], *layout[g + 1])
             elif then is not None:
                 then()
-            yield held
-            del held
+            X, y = Xbuf[:m], ybuf[:m]
+            perm = torch.randperm(m, generator=gen)
+            if final and steps is None:
+                starts = batch_starts(m, self.batch) if m >= self.batch else [0, m]
+            else:
+                whole = m // self.batch * self.batch
+                starts = list(range(0, whole + 1, self.batch)) if whole else [0]
+                if whole < m and not final:  # the rest opens the next fill
+                    rest = perm[whole:]
+                    nX, ny = ahead[1]
+                    torch.index_select(X, 0, rest, out=nX[: rest.numel()])
+                    torch.index_select(y, 0, rest, out=ny[: rest.numel()])
+            for i in range(len(starts) - 1):
+                if steps is not None and done >= steps:
+                    return
+                idx = perm[starts[i] : starts[i + 1]]
+                done += 1
+                yield X.index_select(0, idx), y.index_select(0, idx)
 
     def close(self) -> None:
         """Let a read of an epoch that will not run finish, and stop the reading thread."""
         if self._next is not None:
-            self._next[-1].result()
+            self._next[-1][0].result()
             self._next = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
 
     def _plan(self, full: bool) -> tuple:
-        """(groups of this rank, steps per rank, first fill's read or None) of an epoch."""
+        """(groups of this rank, every share (simulated), steps per rank, first fill's
+        read or None) of an epoch."""
         if self._next is not None:
             plan, self._next = self._next, None
             return plan
@@ -155,16 +225,17 @@ class StreamBatches:
         return groups, (shares if self.simulate else None), self.steps(shares), None
 
     def _ahead(self, full: bool):
-        """then() for _read_ahead: plan the next epoch now (the chunk order draws the same
-        numbers whenever it is drawn) and start reading its first fill."""
+        """then(): plan the next epoch now (the chunk order draws the same numbers
+        whenever it is drawn) and start reading its first fill."""
         if self.epochs_left is not None:
             self.epochs_left -= 1
-        if self.simulate or not self.epochs_left:
+        if self.simulate or full or not self.epochs_left:
             return None
 
         def start() -> None:
             groups, shares, steps, _ = self._plan(full)
-            self._next = (groups, shares, steps, self._pool.submit(self._read, groups[0]))
+            first = self._submit_fill(0, groups[0], *self._layout(groups, steps)[0])
+            self._next = (groups, shares, steps, first)
 
         return start
 
@@ -172,49 +243,18 @@ class StreamBatches:
         X, y = self.read(c)
         return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64 if self.target == torch.int64 else np.float32))  # fmt: skip
 
-    def _rank_batches(self, groups: list[list[int]], steps: int | None, gen: torch.Generator, fills=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """One rank's batches of an epoch from its buffer fills (see the module's scheme)."""
-        carry: tuple[torch.Tensor, torch.Tensor] | None = None
-        done = 0
-        for g, held in enumerate(fills if fills is not None else self._read_ahead(groups)):
-            final = g == len(groups) - 1
-            held.sort(key=lambda t: t[0])  # file order: a whole split is the in-memory one
-            parts = ([carry] if carry is not None else []) + [(X, y) for _, X, y in held]
-            X = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
-            y = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-            del held, parts
-            carry = None
-            m = X.shape[0]
-            perm = torch.randperm(m, generator=gen)
-            if final and steps is None:
-                starts = batch_starts(m, self.batch) if m >= self.batch else [0, m]
-            else:
-                starts = list(range(0, m - self.batch + 1, self.batch)) + [m // self.batch * self.batch]  # fmt: skip
-                if m // self.batch * self.batch < m and not final:
-                    rest = perm[starts[-1] :]
-                    carry = (X.index_select(0, rest), y.index_select(0, rest))
-            for i in range(len(starts) - 1):
-                if steps is not None and done >= steps:
-                    return
-                idx = perm[starts[i] : starts[i + 1]]
-                if idx.numel() == 0:
-                    continue
-                done += 1
-                yield X.index_select(0, idx), y.index_select(0, idx)
-            if final:
-                return
-
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's (X, y) batches for this rank; simulated: the global batches."""
         groups, shares, steps, first = self._plan(False)
         if not self.simulate:
-            fills = self._read_ahead(groups, first, self._ahead(False))
-            for Xb, yb in self._rank_batches(groups, steps, self.gens[0], fills):
+            then = self._ahead(False)
+            for Xb, yb in self._rank_batches(groups, steps, self.gens[0], 0, first, then):
                 yield self._to_device(Xb), self._to_device(yb)
             return
         streams = [
-            self._rank_batches(self._groups(shares[r]), steps, self.gens[r]) for r in range(self.world)
-        ]  # fmt: skip
+            self._rank_batches(self._groups(shares[r]), steps, self.gens[r], r)
+            for r in range(self.world)
+        ]
         for parts in zip(*streams, strict=False):
             yield (
                 self._to_device(torch.cat([p[0] for p in parts])),
@@ -229,8 +269,19 @@ class StreamBatches:
         return t.pin_memory().to(self.device, non_blocking=True)
 
     def chunks_of_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Full batch: this rank's chunks (all of them, simulated), in this epoch's order."""
-        groups, _, _, first = self._plan(True)
-        for held in self._read_ahead(groups, first, self._ahead(True)):
-            for _, X, y in held:
+        """Full batch: this rank's chunks (all of them, simulated), in this epoch's order,
+        the next chunk read on the thread while this one's gradient is computed."""
+        groups, _, _, _ = self._plan(True)
+        self._ahead(True)
+        share = [g[0] for g in groups]
+        if len(share) < 2:
+            for c in share:
+                X, y = self._tensors(c)
                 yield self._to_device(X), self._to_device(y)
+            return
+        ahead = self._pool_().submit(self._tensors, share[0])
+        for i in range(len(share)):
+            X, y = ahead.result()
+            if i + 1 < len(share):
+                ahead = self._pool_().submit(self._tensors, share[i + 1])
+            yield self._to_device(X), self._to_device(y)
