@@ -179,6 +179,7 @@ def test_a_rank_that_dies_or_hangs_fails_the_stage_cleanly(two_ranks, how):
         proc.kill()
     assert proc.returncode == 1, err
     last = err.strip().splitlines()[-1]
+    print(how, "->", last, f"({time.time() - start:.0f} s)")
     assert last.startswith("linflow train: error: rank "), last
     assert ("rank 1 of 2 was killed by SIGKILL" in last) if how == "kill" else ("timeout_s" in last or "rank 1" in last), last  # fmt: skip
     assert time.time() - start < 90

@@ -50,8 +50,11 @@ def stop() -> None:
 
 
 def _line(exc: BaseException) -> str:
+    """The first line of an error, without gloo's '[/path/to/source.cc:78] ' prefix."""
+    import re
+
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text[0]) if text else type(exc).__name__
 
 
 class collective:
@@ -66,9 +69,8 @@ class collective:
     def __exit__(self, kind, exc, tb):
         if exc is None or not isinstance(exc, RuntimeError) or isinstance(exc, DistributedError):
             return False
-        rank = dist.get_rank() if dist.is_initialized() else "?"
         raise DistributedError(
-            f"rank {rank}: {self.what}: another rank died, hung or left (waited at most "
+            f"{self.what}: another rank died, hung or left (waited at most "
             f"train.timeout_s = {self.timeout_s:g} s): {_line(exc)}"
         ) from None
 
