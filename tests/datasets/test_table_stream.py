@@ -66,12 +66,36 @@ def test_classes_are_the_sorted_labels(tmp_path):
 @pytest.mark.parametrize(
     ("make", "data", "message"),
     [
-        (lambda p: _write(p, s=np.array(["x"] * 1_000)), {}, "column 's' is string: the streaming mode reads numeric"),  # fmt: skip
-        (lambda p: _write(p, a=np.r_[np.ones(500), np.nan, np.ones(499)]), {}, "column 'a' has the value nan at row 501"),  # fmt: skip
-        (lambda p: _write(p, a=pa.array([1.0] * 700 + [None] + [1.0] * 299)), {}, "column 'a' has an empty cell at row 701"),  # fmt: skip
-        (lambda p: _write(p, y=np.r_[np.ones(999), np.inf]), {}, "column 'y' has the value inf at row 1000"),  # fmt: skip
-        (lambda p: _write(p), {"categorical": ["b"]}, "data.categorical = ['b']: the streaming mode reads numeric"),  # fmt: skip
-        (lambda p: _write(p), {"missing": "impute"}, "data.missing = 'impute': the streaming mode does not impute"),  # fmt: skip
+        (
+            lambda p: _write(p, s=np.array(["x"] * 1_000)),
+            {},
+            "column 's' is string: the streaming mode reads numeric",
+        ),  # fmt: skip
+        (
+            lambda p: _write(p, a=np.r_[np.ones(500), np.nan, np.ones(499)]),
+            {},
+            "column 'a' has the value nan at row 501",
+        ),  # fmt: skip
+        (
+            lambda p: _write(p, a=pa.array([1.0] * 700 + [None] + [1.0] * 299)),
+            {},
+            "column 'a' has an empty cell at row 701",
+        ),  # fmt: skip
+        (
+            lambda p: _write(p, y=np.r_[np.ones(999), np.inf]),
+            {},
+            "column 'y' has the value inf at row 1000",
+        ),  # fmt: skip
+        (
+            lambda p: _write(p),
+            {"categorical": ["b"]},
+            "data.categorical = ['b']: the streaming mode reads numeric",
+        ),  # fmt: skip
+        (
+            lambda p: _write(p),
+            {"missing": "impute"},
+            "data.missing = 'impute': the streaming mode does not impute",
+        ),  # fmt: skip
         (lambda p: _write(p, group=1_000), {"budget_mb": 1, "features": ["a"]}, None),
         (lambda p: _write(p), {"features": ["a", "zz"]}, "column 'zz' is not in the file"),
     ],
@@ -93,3 +117,13 @@ def test_a_row_group_larger_than_the_budget_allows(tmp_path):
     pq.write_table(pa.table(cols), tmp_path / "w.parquet", row_group_size=20_000)
     with pytest.raises(DataError, match=r"a row group of 20,000 rows needs ~10 MiB .* more than half of data.budget_mb = 1; rewrite the file with smaller row groups"):  # fmt: skip
         _manifest(_cfg(tmp_path / "w.parquet", budget_mb=1))
+
+
+def test_auto_streams_what_memory_mode_would_refuse(tmp_path):
+    from linflow.datasets.table_stream import wants_stream
+
+    path = _write(tmp_path / "t.parquet", n=50_000)
+    assert not wants_stream(_cfg(path, stream="auto"))  # fits: read in memory
+    assert wants_stream(_cfg(path, stream="auto", max_memory_mb=1))  # ~2 MiB needed
+    assert not wants_stream(_cfg(path, stream=False, max_memory_mb=1))  # refused later
+    assert wants_stream(_cfg(tmp_path, stream="auto"))  # a folder

@@ -156,8 +156,16 @@ def test_what_streaming_does_not_do_is_one_line(streamed, make_params, run_stage
                          "standardize": True, "data": {"target": "y", "stream": True}},
     }  # fmt: skip
     cases = [
-        ({"datasets.reg.train": {"impl": "scratch"}}, "reg", "streamed tables train with impl 'torch'"),  # fmt: skip
-        ({"datasets.line.train.processes": 2}, "line", "several processes train streamed tables only"),  # fmt: skip
+        (
+            {"datasets.reg.train": {"impl": "scratch"}},
+            "reg",
+            "streamed tables train with impl 'torch'",
+        ),  # fmt: skip
+        (
+            {"datasets.line.train.processes": 2},
+            "line",
+            "several processes train streamed tables only",
+        ),  # fmt: skip
     ]
     for edits, name, message in cases:
         params = make_params({**base, **edits})

@@ -112,7 +112,7 @@ def _stream_inputs(data: Path, cfg, task: str, device: str, rank: int, world: in
         lambda c: split.read(c, ("train",))["train"],
         cfg.batch_size,
         cfg.seed,
-        # The buffer (and its shuffled copy) take at most a quarter of the budget.
+        # Two buffers of budget / 8 (one trains while the other fills): a quarter.
         buffer_rows=split.budget // 8 // row,
         rank=rank,
         world=world,
