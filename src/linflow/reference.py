@@ -382,17 +382,59 @@ def compare_to_reference(
     ours/ref: (W (k, d), b (k,)); train/test: (X (n, d), y (n,)).
     Gaps are ours minus reference; weights are compared after centring for softmax.
     """
-    W, b = _comparable(task, *ours)
-    Wr, br = _comparable(task, *ref)
+    _check_shapes(task, ours, ref)
+    objectives = (
+        objective(*train, *ours, loss, weight_decay, l1),
+        objective(*train, *ref, loss, weight_decay, l1),
+    )
+    metrics = (split_metrics(task, *test, *ours), split_metrics(task, *test, *ref))
+    agreement = None
+    if task == "classification":
+        X_test = test[0]
+        same = predict_linear(X_test, *ours).argmax(axis=1) == predict_linear(X_test, *ref).argmax(
+            axis=1
+        )
+        agreement = float(np.mean(same))
+    return _gap_doc(task, ours, ref, objectives, metrics, agreement)
+
+
+def compare_streamed(
+    task: str,
+    loss: str,
+    weight_decay: float,
+    ours: tuple[np.ndarray, np.ndarray],
+    ref: tuple[np.ndarray, np.ndarray],
+    train: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    test: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    k: int,
+    l1: float = 0.0,
+) -> dict:
+    """compare_to_reference's document, with train and test streamed (one pass each):
+    the same keys, the same gaps, as sums over chunks (linflow.streaming)."""
+    from linflow.streaming import objective_streamed, test_streamed
+
+    _check_shapes(task, ours, ref)
+    objectives = objective_streamed(train(), task, k, [ours, ref], loss, weight_decay, l1)
+    metrics, agreement = test_streamed(test(), task, k, [ours, ref])
+    return _gap_doc(task, ours, ref, objectives, metrics, agreement)
+
+
+def _check_shapes(task: str, ours, ref) -> None:
+    W, Wr = _comparable(task, *ours)[0], _comparable(task, *ref)[0]
     if W.shape != Wr.shape:
         raise ValueError(f"weight shapes differ: ours {W.shape}, reference {Wr.shape}")
-    loss_ours, obj_ours = objective(*train, *ours, loss, weight_decay, l1)
-    loss_ref, obj_ref = objective(*train, *ref, loss, weight_decay, l1)
+
+
+def _gap_doc(task: str, ours, ref, objectives, metrics, agreement: float | None) -> dict:
+    """The compare document from ((loss, objective) of ours and the reference on the
+    train split, (their test metrics), the test agreement of their classes)."""
+    W, b = _comparable(task, *ours)
+    Wr, br = _comparable(task, *ref)
+    (loss_ours, obj_ours), (loss_ref, obj_ref) = objectives
     gap = obj_ours - obj_ref
     # Relative to the optimum's objective; an exact fit (objective 0) allows no gap.
     rel_gap = gap / obj_ref if obj_ref > 0 else (0.0 if gap == 0 else math.inf)
-    m_ours = split_metrics(task, *test, *ours)
-    m_ref = split_metrics(task, *test, *ref)
+    m_ours, m_ref = metrics
     out = {
         "weight_rel_l2": relative_l2(W, Wr),
         "bias_abs_diff": float(np.max(np.abs(b - br))),
@@ -409,47 +451,6 @@ def compare_to_reference(
             "delta": {k: m_ours[k] - m_ref[k] for k in m_ours},
         },
     }
-    if task == "classification":
-        X_test = test[0]
-        same = predict_linear(X_test, *ours).argmax(axis=1) == predict_linear(X_test, *ref).argmax(
-            axis=1
-        )
-        out["agreement"] = float(np.mean(same))
-    return out
-
-
-def compare_streamed(
-    task: str,
-    loss: str,
-    weight_decay: float,
-    ours: tuple[np.ndarray, np.ndarray],
-    ref: tuple[np.ndarray, np.ndarray],
-    train: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
-    test: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
-    k: int,
-    l1: float = 0.0,
-) -> dict:
-    """linflow.reference.compare_to_reference's document, with train and test streamed
-    (one pass each): the same keys, the same gaps."""
-    from linflow.streaming import objective_streamed, test_streamed
-
-    W, b = _comparable(task, *ours)
-    Wr, br = _comparable(task, *ref)
-    if W.shape != Wr.shape:
-        raise ValueError(f"weight shapes differ: ours {W.shape}, reference {Wr.shape}")
-    (loss_ours, obj_ours), (loss_ref, obj_ref) = objective_streamed(
-        train(), task, k, [ours, ref], loss, weight_decay, l1
-    )
-    gap = obj_ours - obj_ref
-    rel_gap = gap / obj_ref if obj_ref > 0 else (0.0 if gap == 0 else math.inf)
-    (m_ours, m_ref), agreement = test_streamed(test(), task, k, [ours, ref])
-    out = {
-        "weight_rel_l2": relative_l2(W, Wr),
-        "bias_abs_diff": float(np.max(np.abs(b - br))),
-        "train_loss": {"ours": loss_ours, "reference": loss_ref, "gap": loss_ours - loss_ref},
-        "train_objective": {"ours": obj_ours, "reference": obj_ref, "gap": gap, "rel_gap": rel_gap},
-        "test": {"ours": m_ours, "reference": m_ref, "delta": {k_: m_ours[k_] - m_ref[k_] for k_ in m_ours}},
-    }  # fmt: skip
     if task == "classification":
         out["agreement"] = agreement
     return out

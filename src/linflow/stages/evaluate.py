@@ -26,10 +26,10 @@ def add_arguments(p) -> None:
 
 def run(args, params) -> None:
     from linflow import metrics
-    from linflow.core import plots, tracking
-    from linflow.core.artifacts import ModelCard, TestMetrics, check_task, load_split
+    from linflow.core import plots
+    from linflow.core.artifacts import ModelCard, check_task, load_split
     from linflow.core.errors import DataError
-    from linflow.core.storage import file_md5, load_weights, read_json, write_csv, write_json
+    from linflow.core.storage import load_weights, read_json, write_csv
 
     ds = params.dataset(args.dataset)  # an unknown dataset is a one-line ConfigError
     data = Path(args.data or f"data/prepared/{args.dataset}")
@@ -77,12 +77,22 @@ def run(args, params) -> None:
         scalars = {"accuracy": res["accuracy"], "cross_entropy": res["cross_entropy"]}
         per_class = dict(zip(names, res["per_class_accuracy"], strict=True))
     write_csv(reports / "predictions.csv", header, rows)
-    doc = TestMetrics(args.dataset, card.task, int(y.shape[0]), card.n_params, scalars, per_class)
+    _write_metrics(args.dataset, card, model_dir, reports, int(y.shape[0]), scalars, per_class)
+    log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+
+
+def _write_metrics(dataset, card, model_dir, reports, n: int, scalars, per_class) -> None:
+    """evaluation.json, metrics.json, and the test metrics on the run that trained card's
+    weights (with the figure)."""
+    from linflow.core import tracking
+    from linflow.core.artifacts import TestMetrics
+    from linflow.core.storage import file_md5, write_json
+
+    doc = TestMetrics(dataset, card.task, n, card.n_params, scalars, per_class)
     write_json(reports / "evaluation.json", doc.evaluation_json())
     write_json(reports / "metrics.json", doc.metrics_json())
-    log.info("evaluate %s: %s", args.dataset, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
     tracking.log_to_training_run(
-        args.dataset,
+        dataset,
         file_md5(model_dir / card.weights["file"]),
         metrics={f"test_{k}": v for k, v in scalars.items()},
         artifacts=[
@@ -103,11 +113,11 @@ def _evaluate_stream(dataset: str, data: Path, model_dir: Path, reports: Path, c
     import time
 
     from linflow import metrics
-    from linflow.core import plots, tracking
-    from linflow.core.artifacts import TestMetrics, check_task
+    from linflow.core import plots
+    from linflow.core.artifacts import check_task
     from linflow.core.chunks import StreamSplit, memory_line
     from linflow.core.errors import DataError
-    from linflow.core.storage import atomic_path, file_md5, write_json
+    from linflow.core.storage import atomic_path
     from linflow.streaming import MetricSums
 
     t0 = time.perf_counter()
@@ -148,21 +158,9 @@ def _evaluate_stream(dataset: str, data: Path, model_dir: Path, reports: Path, c
     else:
         plots.confusion_png(sums.confusion, names, reports / "predictions.png", title)
         per_class = dict(zip(names, sums.per_class_accuracy(), strict=True))
-    doc = TestMetrics(dataset, card.task, sums.n, card.n_params, scalars, per_class)
-    write_json(reports / "evaluation.json", doc.evaluation_json())
-    write_json(reports / "metrics.json", doc.metrics_json())
+    _write_metrics(dataset, card, model_dir, reports, sums.n, scalars, per_class)
     log.info(
         "evaluate %s: streamed %d test rows in %.1f s: %s; %s",
         dataset, sums.n, time.perf_counter() - t0,
         ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()), memory_line(),
     )  # fmt: skip
-    tracking.log_to_training_run(
-        dataset,
-        file_md5(model_dir / card.weights["file"]),
-        metrics={f"test_{k}": v for k, v in scalars.items()},
-        artifacts=[
-            reports / "metrics.json",
-            reports / "evaluation.json",
-            reports / "predictions.png",
-        ],
-    )
