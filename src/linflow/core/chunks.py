@@ -33,15 +33,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_mib() -> float:
-    """This process's resident memory now (MiB): the baseline a stage's data adds to."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return peak_rss_mib()
-
-
 def memory_line() -> str:
     """'peak RSS X MiB' for a stage's log (Python and its libraries included: torch and
     mlflow alone take ~0.35 GiB; tests/test_streaming.py measures the data's share)."""
@@ -194,22 +185,34 @@ class StreamSplit:
 
     def iter(self, which: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(X, y) of split `which`, chunk by chunk in file order; the next chunk is read
-        on a thread while the caller works on this one (one chunk ahead)."""
+        on a thread while the caller works on this one."""
         chunks = [c for c in range(len(self.table.chunks)) if self.counts[which][c]]
-        if len(chunks) < 2:
-            for c in chunks:
-                yield self.read(c, (which,))[which]
-            return
-        from concurrent.futures import ThreadPoolExecutor
+        yield from one_ahead(lambda c: self.read(c, (which,))[which], chunks)
 
-        with ThreadPoolExecutor(1, thread_name_prefix="linflow-read") as pool:
-            ahead = pool.submit(self.read, chunks[0], (which,))
-            for i in range(len(chunks)):
-                part = ahead.result()[which]
-                if i + 1 < len(chunks):
-                    ahead = pool.submit(self.read, chunks[i + 1], (which,))
-                yield part
-                del part
+
+def one_ahead(read, keys: list, pool=None) -> Iterator:
+    """read(k) of each key in turn, the next one started on a thread (`pool`, or one of
+    its own) while the caller works on this one: decoding Parquet releases the GIL, so
+    reading and computing overlap. One result ahead at most."""
+    if len(keys) < 2:
+        for k in keys:
+            yield read(k)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    own = pool is None
+    pool = pool or ThreadPoolExecutor(1, thread_name_prefix="linflow-read")
+    try:
+        ahead = pool.submit(read, keys[0])
+        for i in range(len(keys)):
+            result = ahead.result()
+            if i + 1 < len(keys):
+                ahead = pool.submit(read, keys[i + 1])
+            yield result
+            del result
+    finally:
+        if own:
+            pool.shutdown()
 
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}

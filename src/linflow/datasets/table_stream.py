@@ -58,19 +58,6 @@ def wants_stream(cfg) -> bool:
     return bool(mode)
 
 
-def file_md5(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-# --- prepare: the manifest ---------------------------------------------------------------
-
-
 def _csv_to_parquet(path: Path, cfg) -> Path:
     """A CSV/TSV as a Parquet file of CSV_GROUP_ROWS-row groups, converted once in blocks
     (pyarrow's streaming reader) and kept under data/cache/stream/ by content."""
@@ -78,7 +65,7 @@ def _csv_to_parquet(path: Path, cfg) -> Path:
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
-    from linflow.core.storage import atomic_path
+    from linflow.core.storage import atomic_path, file_md5
     from linflow.datasets.table import (
         _csv_error,
         _header,
@@ -156,12 +143,7 @@ def _check_schema(path: Path, schema, used: list[str], target: str, task: str) -
         t = schema.field(name).type
         numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
         if name == target:
-            if (
-                task == "regression"
-                and not numeric
-                or pa.types.is_boolean(t)
-                and task == "regression"
-            ):
+            if task == "regression" and (not numeric or pa.types.is_boolean(t)):
                 raise DataError(
                     f"{path}: target column {name!r} is {t}, not numbers: a regression target "
                     "must be numeric; set task: classification if these are labels"
@@ -217,6 +199,7 @@ def prepare_manifest(cfg, dataset: str) -> dict:
     group at a time."""
     import pyarrow.parquet as pq
 
+    from linflow.core.storage import file_md5
     from linflow.datasets.table import _format
 
     data = cfg.data

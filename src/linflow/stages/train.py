@@ -132,7 +132,7 @@ def _stream_inputs(data: Path, cfg, task: str, device: str, rank: int, world: in
 def _in_torchrun() -> bool:
     import os
 
-    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 1
+    return "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it in every rank
 
 
 def _closing(batches):

@@ -273,15 +273,7 @@ class StreamBatches:
         the next chunk read on the thread while this one's gradient is computed."""
         groups, _, _, _ = self._plan(True)
         self._ahead(True)
-        share = [g[0] for g in groups]
-        if len(share) < 2:
-            for c in share:
-                X, y = self._tensors(c)
-                yield self._to_device(X), self._to_device(y)
-            return
-        ahead = self._pool_().submit(self._tensors, share[0])
-        for i in range(len(share)):
-            X, y = ahead.result()
-            if i + 1 < len(share):
-                ahead = self._pool_().submit(self._tensors, share[i + 1])
+        from linflow.core.chunks import one_ahead
+
+        for X, y in one_ahead(self._tensors, [g[0] for g in groups], self._pool_()):
             yield self._to_device(X), self._to_device(y)
