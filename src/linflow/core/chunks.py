@@ -190,6 +190,25 @@ class StreamSplit:
         yield from one_ahead(lambda c: self.read(c, (which,))[which], chunks)
 
 
+def rebatch(batches, rows: int) -> Iterator:
+    """Arrow record batches (a reader's, of any sizes) regrouped into pyarrow Tables of
+    exactly `rows` rows, the last one shorter; memory: one table and its remainder."""
+    import pyarrow as pa
+
+    pending: list = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
 def one_ahead(read, keys: list, pool=None) -> Iterator:
     """read(k) of each key in turn, the next one started on a thread (`pool`, or one of
     its own) while the caller works on this one: decoding Parquet releases the GIL, so

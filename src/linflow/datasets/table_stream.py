@@ -65,6 +65,7 @@ def _csv_to_parquet(path: Path, cfg) -> Path:
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
+    from linflow.core.chunks import rebatch
     from linflow.core.storage import atomic_path, file_md5
     from linflow.datasets.table import (
         _csv_error,
@@ -101,22 +102,7 @@ def _csv_to_parquet(path: Path, cfg) -> Path:
         )
         with atomic_path(out) as tmp:
             writer = None
-            pending: list = []
-            rows = 0
-            for batch in reader:
-                pending.append(batch)
-                rows += batch.num_rows
-                while rows >= CSV_GROUP_ROWS:
-                    table = pa.Table.from_batches(pending).combine_chunks()
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(
-                        table.slice(0, CSV_GROUP_ROWS), row_group_size=CSV_GROUP_ROWS
-                    )
-                    rest = table.slice(CSV_GROUP_ROWS)
-                    pending, rows = rest.to_batches(), rest.num_rows
-            if pending and rows:
-                table = pa.Table.from_batches(pending)
+            for table in rebatch(reader, CSV_GROUP_ROWS):
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table, row_group_size=CSV_GROUP_ROWS)

@@ -110,18 +110,10 @@ def _chunks(path: Path, transform: dict):
             batches = _csv_batches(path, transform)
         else:
             raise DataError(f"{path}: cannot read {suffix!r} files; give .csv, .tsv, .parquet or .npz")  # fmt: skip
-        pending: list = []
-        held = 0
-        for batch in batches:
-            pending.append(batch)
-            held += batch.num_rows
-            while held >= CHUNK_ROWS:
-                table = pa.Table.from_batches(pending)
-                yield table.slice(0, CHUNK_ROWS).to_pandas()
-                rest = table.slice(CHUNK_ROWS)
-                pending, held = rest.to_batches(), rest.num_rows
-        if held:
-            yield pa.Table.from_batches(pending).to_pandas()
+        from linflow.core.chunks import rebatch
+
+        for table in rebatch(batches, CHUNK_ROWS):
+            yield table.to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise DataError(f"{path}: cannot read it ({str(exc).splitlines()[0]})") from None
 
